@@ -1,0 +1,67 @@
+"""Every hook a deepcoder plugin can implement.
+
+All component hooks take the register-callback form: the core hands the plugin a
+``register(name, factory, **meta)`` function and the plugin calls it once per component.
+``factory(**options)`` builds the component from the options of its config section; it is
+called only when the component is used, so heavy imports belong inside it.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("deepcoder")
+
+
+@hookspec
+def register_teachers(register):
+    """Register teacher models (the LLMs that solve problems as ReAct agents).
+
+    :param register: ``register(name, factory, **meta)``. ``factory(**options)`` returns an
+        object following :class:`deepcoder_core.protocols.Teacher`. ``meta`` may carry
+        ``description`` and ``white_box`` (True when the teacher implements ``score``).
+    """
+
+
+@hookspec
+def register_tools(register):
+    """Register tools the agent can call (Action: name / Action Input: ...).
+
+    :param register: ``register(name, factory, **meta)``. ``factory(**options)`` returns an
+        object following :class:`deepcoder_core.protocols.Tool`.
+    """
+
+
+@hookspec
+def register_span_detectors(register):
+    """Register span detectors that cut trajectory text into reasoning/action/observation/answer.
+
+    :param register: ``register(name, factory, **meta)``. ``factory(**options)`` returns an
+        object following :class:`deepcoder_core.protocols.SpanDetector`.
+    """
+
+
+@hookspec
+def register_losses(register):
+    """Register per-token distillation divergences.
+
+    :param register: ``register(name, factory, **meta)``. ``factory(**options)`` returns an
+        object following :class:`deepcoder_core.protocols.Loss`; the core engine does the
+        chunking, temperature, masking, weighting and reduction around it.
+    """
+
+
+@hookspec
+def register_weightings(register):
+    """Register weighting strategies that turn span types and training state into token weights.
+
+    :param register: ``register(name, factory, **meta)``. ``factory(**options)`` returns an
+        object following :class:`deepcoder_core.protocols.Weighting`.
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Add subcommands to the ``deepcoder`` command line.
+
+    :param cli: the root :class:`click.Group`; call ``cli.command()`` / ``cli.add_command()``.
+        Keep imports inside the command functions so ``deepcoder --help`` stays fast.
+    """

@@ -1,0 +1,140 @@
+"""File helpers every stage shares: atomic writes, durable JSONL appends, tolerant JSONL reads.
+
+Stages write outputs either atomically (temp file + rename) or as append-only JSONL with
+each line flushed and fsynced, so a killed run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+class JsonlWriter:
+    """Append-only JSONL: each record is one line, flushed and fsynced before ``write`` returns.
+
+    On open, a truncated last line left by a killed writer is cut off, so appends start on
+    a clean line and readers never see a broken record.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_truncated_tail(self.path)
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def repair_truncated_tail(path: Path) -> int:
+    """Drop bytes after the last newline (a line cut by a kill). Returns bytes dropped."""
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        block = min(size, 1 << 16)
+        pos = size
+        while pos > 0:
+            start = max(0, pos - block)
+            handle.seek(start)
+            chunk = handle.read(pos - start)
+            idx = chunk.rfind(b"\n")
+            if idx != -1:
+                keep = start + idx + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        if keep < size:
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return size - keep
+
+
+@dataclass
+class BadLine:
+    """A JSONL line that could not be read, kept for reporting (file:line: reason)."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+def read_jsonl(
+    path: str | Path, errors: list[BadLine] | None = None, max_line_bytes: int | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)``; bad lines go to ``errors`` (or raise ValueError if None).
+
+    A final line without a newline (a writer killed mid-line) is reported as truncated.
+    Invalid UTF-8, non-object JSON and lines over ``max_line_bytes`` are reported too.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            problem = None
+            record = None
+            if not raw.strip():
+                continue
+            if not raw.endswith(b"\n"):
+                problem = "truncated last line (writer was interrupted)"
+            elif max_line_bytes is not None and len(raw) > max_line_bytes:
+                problem = f"record too large ({len(raw)} bytes > {max_line_bytes})"
+            else:
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as exc:
+                    problem = f"invalid UTF-8 at byte {exc.start}"
+                except json.JSONDecodeError as exc:
+                    problem = f"invalid JSON: {exc.msg} (column {exc.colno})"
+                else:
+                    if not isinstance(record, dict):
+                        problem = f"expected a JSON object, got {type(record).__name__}"
+            if problem is not None:
+                bad = BadLine(str(path), number, problem)
+                if errors is None:
+                    raise ValueError(str(bad))
+                errors.append(bad)
+                continue
+            yield number, record

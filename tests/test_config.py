@@ -1,0 +1,76 @@
+import pytest
+import yaml
+
+from deepcoder_core.config import ConfigError, load_config, snapshot
+
+REPO_CONFIG = "configs/config.yaml"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_layers_yaml_env_set_flags(tmp_path):
+    path = write(
+        tmp_path, "training:\n  learning_rate: 1.0e-4\n  max_steps: 7\nloss:\n  name: kl\n"
+    )
+    env = {"DEEPCODER_TRAINING__MAX_STEPS": "9", "DEEPCODER_LOAD_PLUGINS": "x"}
+    config = load_config(
+        path,
+        ["training.learning_rate=3e-5"],
+        flags={"loss.name": "focal", "teacher.name": None},
+        environ=env,
+    )
+    assert config.training.learning_rate == 3e-5  # --set beats YAML
+    assert config.training.max_steps == 9  # environment beats YAML
+    assert config.loss.name == "focal"  # named flag beats all
+    assert config.teacher.name == "hf"  # None flag leaves the default
+
+
+def test_unknown_key_names_file_path_and_suggestion(tmp_path):
+    path = write(tmp_path, "training:\n  learnig_rate: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert message.startswith(
+        f"{path}: training.learnig_rate: unknown key; did you mean 'learning_rate'?"
+    )
+
+
+def test_wrong_type_names_key_path(tmp_path):
+    path = write(tmp_path, "agent:\n  max_steps: many\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: agent.max_steps: expected int, got 'many'"):
+        load_config(path, environ={})
+
+
+def test_bad_set_and_env_name_their_source():
+    with pytest.raises(
+        ConfigError, match=r"command line: loss.temprature: unknown key; did you mean 'temperature'"
+    ):
+        load_config(None, ["loss.temprature=2"], environ={})
+    with pytest.raises(ConfigError, match=r"environment \(DEEPCODER_\*\): eval.k: expected a list"):
+        load_config(None, environ={"DEEPCODER_EVAL__K": "5"})
+
+
+def test_invalid_yaml_gives_line(tmp_path):
+    path = write(tmp_path, "training:\n  max_steps: [1,\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:\d+: invalid YAML"):
+        load_config(path, environ={})
+
+
+def test_options_are_free_form_and_secrets_are_redacted(tmp_path):
+    path = write(tmp_path, "teacher:\n  name: groq\n  options: {model: m, api_key: sk-live-123}\n")
+    config = load_config(path, environ={})
+    assert config.teacher.options["model"] == "m"
+    out = snapshot(config, tmp_path / "snap" / "config.yaml")
+    text = out.read_text()
+    assert "sk-live-123" not in text
+    assert yaml.safe_load(text)["teacher"]["options"] == {"model": "m", "api_key": "<redacted>"}
+
+
+def test_repository_config_is_valid_and_complete():
+    raw = yaml.safe_load(open(REPO_CONFIG))
+    config = load_config(REPO_CONFIG, environ={})
+    assert set(raw) == set(config.to_dict()), "configs/config.yaml must hold every section"
