@@ -57,6 +57,7 @@ class LoraConfig:
 @dataclass
 class StudentConfig:
     path: str | None = None  # a causal-LM folder or hub id; None: built by `init`
+    tokenizer: str | None = None  # None: the student folder's, else the teacher's; "qwen3": bundled
     init: StudentInitConfig = field(default_factory=StudentInitConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     router_aux_loss_coef: float = 0.001  # MoE students: weight of the load-balancing loss
@@ -140,7 +141,10 @@ class TrainingConfig:
     bf16: bool = False
     seed: int = 0
     save_steps: int = 20
+    save_total_limit: int = 2  # checkpoints kept under out/checkpoints
     logging_steps: int = 1
+    teacher_device: str = "cpu"  # where an online teacher runs (it may differ from the student's)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # Trainer loggers
 
 
 @dataclass
