@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 TRAJECTORY_SCHEMA = 1
 MAX_OBSERVATION_CHARS = 4000
+TOOL_GRACE_SECONDS = 5.0  # beyond the tool's own timeout: its start-up and clean-up
 
 DEFAULT_SYSTEM_PROMPT = """\
 You are an expert Python programmer. Solve the coding problem step by step, using tools \
@@ -291,9 +292,11 @@ def parse_step(
                 return _json_step(step, found, entry_point)
             step.error = "'Action:' names no tool"
             return step
-        step.action = {"tool": tool, "input": _action_input(raw_input)}
-        if not step.action["input"].strip():
+        tool_input = _action_input(raw_input)
+        if not tool_input.strip():
             step.error = f"'Action: {tool}' has an empty Action Input"
+        else:
+            step.action = {"tool": tool, "input": tool_input}
         return step
 
     found = _json_action(body)
@@ -415,8 +418,7 @@ def _run_tool(tool: Tool, tool_input: str, timeout: float, session: str) -> Obse
 
     thread = threading.Thread(target=target, name=f"tool-{tool.name}", daemon=True)
     thread.start()
-    # the tool enforces `timeout` itself; the grace covers its start-up and clean-up
-    thread.join(timeout + 5.0)
+    thread.join(timeout + TOOL_GRACE_SECONDS)  # the tool enforces `timeout` itself
     if thread.is_alive():
         return Observation(f"tool '{tool.name}' did not answer within {timeout:g} s", ok=False)
     value = box.get("value")
