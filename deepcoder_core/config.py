@@ -91,17 +91,21 @@ class GenerationConfig:
 
 @dataclass
 class ProcessingConfig:
-    tokenizer: str | None = None  # None: the student's tokenizer
-    detector: str = "structured"
-    format: str = "auto"
+    tokenizer: str | None = None  # None: the student's tokenizer; "qwen3": the bundled files
+    detector: str = "structured"  # span detector plugin
+    detector_options: dict[str, Any] = field(default_factory=dict)  # e.g. regex {patterns: f.yaml}
+    format: str = "auto"  # auto | deepcoder | openai | fireact | sharegpt | text
     max_length: int = 2048
     overflow: str = "truncate"  # truncate (whole steps) | drop | split
     min_tokens: int = 16
-    min_reasoning_ratio: float = 0.0
+    min_reasoning_ratio: float = 0.0  # of the labeled (non-0) tokens
     min_action_ratio: float = 0.0
     successful_only: bool = True
     dedup: bool = True
     num_proc: int = 1
+    batch_size: int = 64  # records per tokenizer batch / datasets.map batch
+    max_record_bytes: int = 16_000_000  # longer JSONL lines are reported as bad input
+    agreement_sample: int = 200  # records on which structured and regex are compared (0: off)
 
 
 @dataclass
@@ -159,7 +163,8 @@ class EvalConfig:
 
 @dataclass
 class ServerConfig:
-    backend: str = "transformers"  # sglang | vllm | transformers
+    backend: str = "transformers"  # sglang | vllm | transformers | custom
+    model: str | None = None  # None: student.path
     host: str = "127.0.0.1"
     port: int = 30000
     reasoning_parser: str | None = None
@@ -167,6 +172,11 @@ class ServerConfig:
     ep_size: int = 1
     startup_timeout: float = 600.0
     extra_args: list[str] = field(default_factory=list)
+    command: str | None = None  # backend custom: launch template with {python} {model} {host} {port}
+    watch: bool = False  # restart a crashed server
+    restart_backoff: float = 1.0  # seconds before the first restart, doubled per failed restart
+    restart_backoff_max: float = 60.0
+    stop_grace: float = 15.0  # seconds between SIGTERM and SIGKILL
 
 
 @dataclass
