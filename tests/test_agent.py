@@ -397,3 +397,49 @@ def test_parse_cuts_a_self_written_observation():
 def test_malformed_replies_give_errors_not_exceptions(text):
     step = parse_step(text)
     assert step.error and step.action is None and step.code is None
+
+
+# ---------------------------------------------------------------------------- show trajectory
+
+
+def test_show_trajectory_renders_each_part_in_its_colour(tmp_path):
+    from click.testing import CliRunner
+
+    from deepcoder_core.cli import cli
+
+    replies = [
+        Completion(
+            text="Thought: try it\nAction: echo\nAction Input: hello",
+            reasoning="I should echo first",
+        ),
+        "Action: nope\nAction Input: 1",
+        f"Final Answer:\n```python\n{SOLUTION}```",
+    ]
+    record = run_agent(ScriptedTeacher(replies), PROBLEM, {"echo": EchoTool()}, CONFIG)
+    other = dict(record, id="other-id", problem_id="other")
+    path = tmp_path / "trajectories.jsonl"
+    path.write_text(json.dumps(other) + "\n" + json.dumps(record) + "\n{broken\n")
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["show", "trajectory", str(path), "--id", record["id"], "--color"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "other-id" not in out and record["id"] in out
+    assert "skipped" in out and ":3:" in out  # the broken line is reported, not fatal
+    sgr = {  # ANSI colour codes rich writes for each part
+        "reasoning": "\x1b[35mI should echo first",
+        "thought": "\x1b[36mtry it",
+        "action": "\x1b[1;33mAction: echo",
+        "observation": "\x1b[32mecho: hello",
+        "failed observation": "\x1b[31munknown tool 'nope'",
+    }
+    for part, code in sgr.items():
+        assert code in out, part
+    assert "final answer" in out and "reverse_words" in out
+
+    plain = runner.invoke(cli, ["show", "trajectory", str(path), "--no-color"])
+    assert plain.exit_code == 0 and "\x1b[" not in plain.output
+    assert "other-id" in plain.output and "Observation: echo: hello" in plain.output
+
+    missing = runner.invoke(cli, ["show", "trajectory", str(path), "--id", "nope"])
+    assert missing.exit_code == 2 and "no trajectory with id nope" in missing.output
