@@ -28,6 +28,7 @@ ENTRY_POINT_GROUP = "deepcoder"
 BUILTIN_PLUGINS = frozenset(
     {
         "deepcoder-plugin-example",
+        "deepcoder-python-executor",
         "deepcoder-retriever",
     }
 )

@@ -1,0 +1,111 @@
+"""``deepcoder tools``: list the installed tools, or run one once on an input.
+
+``deepcoder tools run python --input snippet.py`` (or ``echo 'print(1)' | deepcoder tools run
+python -``) prints the observation as JSON, ``{"ok", "text", "meta"}``, so a person can try a
+tool, and a script can probe one, without an agent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .cli import fail
+
+
+@click.group("tools")
+def tools_group() -> None:
+    """List tools or run one on an input."""
+
+
+@tools_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def list_command(as_json: bool) -> None:
+    """Show every registered tool: name, plugin, description."""
+    from .plugins import PluginError, get_plugin_manager
+
+    try:
+        registry = get_plugin_manager().registry("tool")
+    except PluginError as exc:
+        fail(str(exc))
+    rows = [
+        {
+            "name": entry.name,
+            "plugin": entry.plugin,
+            "description": getattr(entry.factory, "description", None) or entry.description,
+        }
+        for entry in registry.values()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No tools installed (see `deepcoder plugins --all`).")
+    for row in rows:
+        click.echo(f"{row['name']}  ({row['plugin']})\n    {row['description']}")
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict:
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--option {pair!r}: expected KEY=VALUE, e.g. --option memory_mb=256")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+@tools_group.command("run")
+@click.argument("name")
+@click.argument("source", required=False, metavar="[-]")
+@click.option("--input", "-i", "input_file", help="File holding the tool input ('-': stdin).")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds.")
+@click.option("--option", "-o", "pairs", multiple=True, metavar="KEY=VALUE", help="Tool option.")
+@click.option(
+    "--config", "config_path", help="Take the tool's options from this config's tools.options."
+)
+def run_command(
+    name: str,
+    source: str | None,
+    input_file: str | None,
+    timeout: float,
+    pairs: tuple[str, ...],
+    config_path: str | None,
+) -> None:
+    """Run tool NAME once on an input (--input FILE, or - for stdin); print the observation as JSON."""
+    from .plugins import PluginError, get_plugin_manager
+
+    if source not in (None, "-"):
+        fail(f"unexpected argument {source!r}: give the input with --input FILE, or - for stdin")
+    if (source is None) == (input_file is None):
+        fail("give exactly one input: --input FILE, or - to read standard input")
+    path = input_file if input_file is not None else "-"
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    except OSError as exc:
+        fail(f"cannot read tool input {path}: {exc.strerror}")
+    options = {}
+    if config_path:
+        from .config import ConfigError, load_config
+
+        try:
+            options.update(load_config(config_path).tools.options.get(name, {}))
+        except ConfigError as exc:
+            fail(str(exc))
+    options.update(_parse_options(pairs))
+    try:
+        tool = get_plugin_manager().build("tool", name, **options)
+    except (PluginError, ValueError) as exc:
+        fail(str(exc))
+    observation = tool.run(text, timeout=timeout)
+    click.echo(
+        json.dumps(
+            {"ok": observation.ok, "text": observation.text, "meta": observation.meta},
+            indent=2,
+            default=str,
+        )
+    )
