@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 TRAJECTORY_SCHEMA = 1
 MAX_OBSERVATION_CHARS = 4000
+STOP = ("Observation:",)  # the teacher stops where the tool's result belongs
 TOOL_GRACE_SECONDS = 5.0  # beyond the tool's own timeout: its start-up and clean-up
 
 DEFAULT_SYSTEM_PROMPT = """\
@@ -97,6 +98,9 @@ _FINAL = re.compile(_MARK + r"final[ \t_-]*answer" + _AFTER, re.I | re.M)
 _ACTION = re.compile(_MARK + r"action(?:[ \t]*\d+)?" + _AFTER + r"(.*)$", re.I | re.M)
 _ACTION_INPUT = re.compile(_MARK + r"action[ \t_-]*input(?:[ \t]*\d+)?" + _AFTER, re.I | re.M)
 _THOUGHT = re.compile(r"\A\s*" + _MARK + r"thought(?:[ \t]*\d+)?" + _AFTER, re.I)
+_NEXT_PART = re.compile(
+    _MARK + r"(?:thought|action|final[ \t_-]*answer)\b[^:\n]{0,12}:", re.I | re.M
+)
 _FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.S)
 _INPUT_KEYS = ("input", "code", "query", "expression", "action_input", "text", "source")
@@ -292,7 +296,7 @@ def parse_step(
                 return _json_step(step, found, entry_point)
             step.error = "'Action:' names no tool"
             return step
-        tool_input = _action_input(raw_input)
+        tool_input = _action_input(_until_next_part(raw_input))
         if not tool_input.strip():
             step.error = f"'Action: {tool}' has an empty Action Input"
         else:
@@ -305,6 +309,15 @@ def parse_step(
         return _json_step(step, found, entry_point)
     step.error = "found neither 'Action:' with 'Action Input:' nor 'Final Answer:'"
     return step
+
+
+def _until_next_part(text: str) -> str:
+    """An unfenced Action Input ends where the next ``Thought:``/``Action:``/``Final Answer:``
+    line starts; a fenced one ends with its fence."""
+    if text.strip().startswith(("```", "{", '"')):
+        return text
+    match = _NEXT_PART.search(text)
+    return text[: match.start()] if match else text
 
 
 def _first_action(body: str) -> re.Match[str] | None:
@@ -464,10 +477,12 @@ class AgentRun:
         """The chat to send to the teacher next (a copy)."""
         return [dict(m) for m in self._messages]
 
-    def advance(self, completion: Completion) -> None:
+    def advance(self, completion: Completion | str) -> None:
         """Take one teacher reply: run its action and append the observation, or finish."""
         if self.done:
             return
+        if isinstance(completion, str):
+            completion = Completion(text=completion)
         try:
             self._advance(completion)
         except Exception as exc:  # bad teacher output must end the run, not the generator
@@ -552,13 +567,20 @@ class AgentRun:
         self.done = True
 
     def _fallback_code(self) -> str | None:
-        """Without a Final Answer, the last python block the teacher wrote is still checked."""
-        for step in reversed(self.steps):
+        """Without a Final Answer, the teacher's last python code is still checked: the last
+        fenced block or python tool input, preferring one that defines the entry point."""
+        candidates: list[str] = []
+        for step in self.steps:
             body, _ = _strip_thinking(_cut_observation(step["raw"])[0])
-            blocks = [b for b in code_blocks(body) if b.strip()]
-            if blocks:
-                return blocks[-1]
-        return None
+            candidates += [b for b in code_blocks(body) if b.strip()]
+            action = step.get("action")
+            if action and action["tool"] == "python" and action["input"].strip():
+                candidates.append(action["input"])
+        entry = self.problem.entry_point
+        if entry:
+            defining = [c for c in candidates if re.search(rf"\bdef\s+{re.escape(entry)}\b", c)]
+            candidates = defining or candidates
+        return candidates[-1] if candidates else None
 
     def finish(self) -> dict[str, Any]:
         """Check the answer, close tool sessions and return the Trajectory record (idempotent)."""
@@ -627,6 +649,7 @@ def run_agent(
     """Drive one :class:`AgentRun` with ``teacher.complete`` and return its Trajectory record."""
     params = dict(params or {})
     params.setdefault("max_new_tokens", config.max_new_tokens)
+    params.setdefault("stop", list(STOP))
     info = {
         "plugin": getattr(teacher, "plugin_name", None) or type(teacher).__name__,
         "model": getattr(teacher, "model", None),

@@ -99,7 +99,7 @@ def test_scripted_teacher_solves_a_bundled_problem_through_the_python_tool():
     assert record["teacher"] == {
         "plugin": "scripted",
         "model": "scripted-1",
-        "params": {"max_new_tokens": 64},
+        "params": {"max_new_tokens": 64, "stop": ["Observation:"]},
     }
     step1, step2 = record["steps"]
     assert step1["action"]["tool"] == "python"
@@ -443,3 +443,27 @@ def test_show_trajectory_renders_each_part_in_its_colour(tmp_path):
 
     missing = runner.invoke(cli, ["show", "trajectory", str(path), "--id", "nope"])
     assert missing.exit_code == 2 and "no trajectory with id nope" in missing.output
+
+
+def test_unfenced_action_input_ends_at_the_next_part():
+    step = parse_step("Action: python\nAction Input: print(1)\nThought: then\nFinal Answer: x")
+    assert step.action == {"tool": "python", "input": "print(1)"}
+    step = parse_step('Action: python\nAction Input: x = {"a": 1}\nprint(x)')
+    assert step.action["input"] == 'x = {"a": 1}\nprint(x)'
+
+
+def test_fallback_prefers_python_code_that_defines_the_entry_point():
+    echo = EchoTool()
+    echo.name = "python"  # stands in for the python tool: only the action input matters here
+    replies = [
+        f"Action: python\nAction Input: {SOLUTION}\nprint(reverse_words('a b'))",
+        "```python\nprint('just a probe')\n```",
+    ]
+    run = AgentRun(PROBLEM, {}, {"python": echo}, AgentConfig(max_steps=2, tool_timeout=5.0))
+    for reply in replies:
+        run.advance(reply)  # a bare string is accepted as the completion text
+    record = run.finish()
+    assert record["error"] == "no Final Answer after max_steps=2 steps"
+    assert record["final_answer"].startswith("def reverse_words")
+    if _checking_available():
+        assert record["success"] is True
