@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "tools": "deepcoder_core.tools_cli:tools_group",
     "show": "deepcoder_core.show:show_group",
     "server": "deepcoder_core.serve:server_group",
+    "teacher-logits": "deepcoder_core.distill.teacher_logits:teacher_logits_command",
+    "train": "deepcoder_core.distill.train:train_command",
+    "merge-lora": "deepcoder_core.distill.student:merge_lora_command",
 }
 
 
