@@ -172,7 +172,7 @@ def _defined_names(node: ast.stmt) -> set[str]:
 
 
 def _json_items(text: str) -> list[tuple[int, Any]]:
-    """(line, value) of each element of the problems array in a JSON document.
+    """(line, value) of each element of the problems array of a valid JSON document.
 
     Elements are decoded one by one with ``raw_decode`` so each keeps the line it starts on.
     """
@@ -204,9 +204,6 @@ def _json_items(text: str) -> list[tuple[int, Any]]:
     start = skip(0)
     if text[start] == "[":
         return array(start)
-    data = json.loads(text)
-    if not isinstance(data, dict) or not isinstance(data.get("problems"), list):
-        raise ValueError('expected a JSON list or an object with a "problems" list')
     # walk the top-level object to find where the "problems" array starts
     i = skip(start + 1)
     while True:
@@ -225,20 +222,20 @@ def _records(path: Path, text: str) -> list[tuple[int, Any]] | list[str]:
         return []
     if path.suffix != ".jsonl":
         try:
-            if stripped[0] == "[":
-                return _json_items(text)
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             if stripped[0] == "[" or path.suffix == ".json":
                 return [f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"]
             data = None  # not one JSON document: read it as JSONL
-        except ValueError as exc:
-            return [f"{path}: {exc}"]
-        if isinstance(data, dict) and "problems" in data:
-            try:
-                return _json_items(text)
-            except ValueError as exc:
-                return [f"{path}: {exc}"]
+        if isinstance(data, dict) and "problems" in data and not isinstance(data["problems"], list):
+            return [f'{path}: "problems" must be a list of problem objects']
+        if isinstance(data, list) or (isinstance(data, dict) and "problems" in data):
+            return _json_items(text)
+        if data is not None and not isinstance(data, dict):
+            return [
+                f"{path}: expected a JSON list of problems, an object with a "
+                f'"problems" list, or JSONL (one problem object a line)'
+            ]
     records: list[tuple[int, Any]] = []
     errors: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):

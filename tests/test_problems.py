@@ -286,3 +286,18 @@ def test_cli_import_humaneval(tmp_path):
     assert len(load_problems(out)) == 164
     result = CliRunner().invoke(cli, ["problems", "stats", str(out), "--json"])
     assert json.loads(result.output)["by_tag"] == {"humaneval": 164}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[" + json.dumps(GOOD) + " " + json.dumps(GOOD) + "]", "invalid JSON: Expecting ','"),
+        ('{"problems": {"a": 1}}', '"problems" must be a list'),
+        ("42", "expected a JSON list of problems"),
+    ],
+)
+def test_malformed_json_documents(tmp_path, content, message):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    _, errors = read_problems(path)
+    assert len(errors) == 1 and message in errors[0] and errors[0].startswith(f"{path}")
