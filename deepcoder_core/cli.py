@@ -19,6 +19,7 @@ from . import __version__
 COMMANDS: dict[str, str] = {
     "plugins": "deepcoder_core.cli:plugins_command",
     "config": "deepcoder_core.cli:config_command",
+    "generate": "deepcoder_core.generate:generate_command",
     "problems": "deepcoder_core.problems_cli:problems_group",
     "tools": "deepcoder_core.tools_cli:tools_group",
     "show": "deepcoder_core.show:show_group",

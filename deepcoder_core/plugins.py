@@ -28,6 +28,10 @@ ENTRY_POINT_GROUP = "deepcoder"
 BUILTIN_PLUGINS = frozenset(
     {
         "deepcoder-plugin-example",
+        "deepcoder-groq",
+        "deepcoder-hf",
+        "deepcoder-openai",
+        "deepcoder-replay",
         "deepcoder-python-executor",
         "deepcoder-retriever",
     }

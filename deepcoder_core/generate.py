@@ -1,0 +1,471 @@
+"""Stage 1, ``deepcoder generate``: the teacher solves problems as a ReAct agent; trajectories out.
+
+Two schedules, chosen by what the teacher offers:
+
+- remote teachers (Groq, OpenAI-compatible servers, replay): each agent runs in a thread of
+  a pool of ``generation.concurrency``, so that many requests are in flight at once;
+- local teachers (those with ``complete_batch``, e.g. ``hf``): all active agents advance
+  together, one batched generate call per step, and finished agents are replaced at once.
+
+The output is append-only JSONL (:class:`~deepcoder_core.io.JsonlWriter`): each trajectory
+is flushed and fsynced when it ends, a truncated last line left by a kill is cut on the
+next open, and ``resume`` skips the ``(problem, sample)`` pairs already written. A teacher
+error (after the teacher's own retries) is recorded on its trajectory and generation goes
+on; a fatal one (bad key, unknown model) stops the run. The summary JSON
+(``out.with_suffix(".summary.json")``) describes every trajectory in the output file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import Config, ConfigError
+from .io import BadLine, JsonlWriter, atomic_write_json, read_jsonl
+from .plugins import PluginError
+from .teachers import REACT_STOP, TeacherError
+
+SUMMARY_SCHEMA = 1
+
+
+class GenerationError(RuntimeError):
+    """Generation cannot go on (a fatal teacher error, bad options); the message says why."""
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"2/8"`` -> ``(2, 8)``: this process takes problems ``i, i+n, i+2n, ...`` (0-based)."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
+def summary_path(out: Path) -> Path:
+    return Path(out).with_suffix(".summary.json")
+
+
+def error_kind(error: str | None) -> str | None:
+    """A short label for a trajectory's ``error`` string, for the summary's errors-by-kind."""
+    if not error:
+        return None
+    if error.startswith("teacher error ("):
+        return "teacher:" + error[len("teacher error (") :].split(")", 1)[0]
+    for needle, kind in (
+        ("max_steps", "max_steps"),
+        ("token budget", "token_budget"),
+        ("agent error", "agent"),
+        ("without a Final Answer", "no_final_answer"),
+        ("checking failed", "checking"),
+    ):
+        if needle in error:
+            return kind
+    return "other"
+
+
+def existing_pairs(out: Path, bad: list[BadLine] | None = None) -> set[tuple[str, int]]:
+    """The ``(problem_id, sample)`` pairs already in ``out`` (unreadable lines go to ``bad``)."""
+    if not out.exists():
+        return set()
+    bad = [] if bad is None else bad
+    return {(str(r.get("problem_id")), int(r.get("sample") or 0)) for _, r in read_jsonl(out, bad)}
+
+
+def _teacher_error_text(exc: BaseException) -> str:
+    kind = exc.kind if isinstance(exc, TeacherError) else type(exc).__name__
+    return f"teacher error ({kind}): {exc}"
+
+
+class _Live:
+    """Running counts for the progress bar and the run's part of the summary."""
+
+    def __init__(self, teacher: Any) -> None:
+        self.teacher = teacher
+        self.done = 0
+        self.success = 0
+        self.teacher_failed = 0
+        self.errors = 0
+        self.tokens = 0
+        self.started = time.monotonic()
+
+    def add(self, record: dict[str, Any], teacher_failed: bool) -> None:
+        self.done += 1
+        self.success += bool(record.get("success"))
+        self.teacher_failed += teacher_failed
+        self.errors += bool(record.get("error"))
+        usage = record.get("usage") or {}
+        self.tokens += int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+
+    @property
+    def retries(self) -> int:
+        stats = getattr(self.teacher, "stats", None)
+        return int(getattr(stats, "retries", 0))
+
+    def line(self) -> str:
+        elapsed = max(1e-9, time.monotonic() - self.started)
+        rate = self.done / elapsed
+        ok = f"{100 * self.success / self.done:.0f}%" if self.done else "-"
+        return (
+            f"{rate:.2f}/s  success {ok}  {self.tokens / 1000:.1f}k tok  "
+            f"{self.retries} retries  {self.errors} errors"
+        )
+
+
+def _progress(enabled: bool, total: int, skipped: int):
+    """A rich progress bar on stderr (done/total, rate, success, tokens, retries, errors)."""
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stats]}"),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    task = progress.add_task("generate", total=total, completed=skipped, stats="")
+    return progress, task
+
+
+def generate(
+    config: Config,
+    *,
+    problems: list[Any],
+    out: Path,
+    resume: bool = True,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+    teacher: Any = None,
+) -> dict[str, Any]:
+    """Generate ``generation.samples_per_problem`` trajectories per problem into ``out``.
+
+    ``teacher`` (optional) is an already-built teacher; by default it is built from
+    ``config.teacher``. Returns the summary, also written to ``out.with_suffix(".summary.json")``.
+    Raises :class:`GenerationError` on a fatal teacher error, PluginError/ConfigError on bad options.
+    """
+    from .agent import AgentRun, build_tools
+    from .config import snapshot
+    from .plugins import build
+
+    out = Path(out)
+    gen = config.generation
+    if gen.samples_per_problem < 1:
+        raise ConfigError(
+            f"generation.samples_per_problem: must be >= 1, got {gen.samples_per_problem}"
+        )
+    if gen.concurrency < 1:
+        raise ConfigError(f"generation.concurrency: must be >= 1, got {gen.concurrency}")
+    if shard is not None:
+        problems = problems[shard[0] :: shard[1]]
+    if teacher is None:
+        teacher = build("teacher", config.teacher.name, **config.teacher.options)
+    tools = build_tools(config)
+
+    if out.exists() and not resume:
+        out.unlink()  # --no-resume: start the file afresh
+    bad: list[BadLine] = []
+    done_pairs = existing_pairs(out, bad) if resume else set()
+    pairs = [(p, s) for p in problems for s in range(gen.samples_per_problem)]
+    pending = deque((p, s) for p, s in pairs if (p.id, s) not in done_pairs)
+    skipped = len(pairs) - len(pending)
+
+    params: dict[str, Any] = {
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "max_new_tokens": config.agent.max_new_tokens,
+        "stop": list(REACT_STOP),
+    }
+    info = {
+        "plugin": config.teacher.name,
+        "model": getattr(teacher, "model", None),
+        "params": params,
+    }
+    snapshot(config, out.with_suffix(".config.yaml"))
+    live = _Live(teacher)
+    bar = _progress(progress, len(pairs), skipped)
+    failed_ids: set[str] = set()
+
+    def start(problem: Any, sample: int) -> Any:
+        return AgentRun(
+            problem,
+            info,
+            tools,
+            config.agent,
+            sample=sample,
+            trajectory_id=f"{problem.id}#{sample}",
+        )
+
+    with JsonlWriter(out) as writer:
+
+        def record(run: Any) -> None:
+            trajectory = run.finish()
+            writer.write(trajectory)
+            live.add(trajectory, run.id in failed_ids)
+            if bar is not None:
+                bar[0].update(bar[1], advance=1, stats=live.line())
+
+        if bar is not None:
+            bar[0].start()
+        try:
+            if callable(getattr(teacher, "complete_batch", None)):
+                _run_batched(teacher, pending, start, record, params, gen, failed_ids)
+            else:
+                _run_concurrent(teacher, pending, start, record, params, gen, failed_ids)
+        finally:
+            if bar is not None:
+                bar[0].stop()
+
+    summary = summarize(out, bad=bad)
+    stats = getattr(teacher, "stats", None)
+    summary.update(
+        teacher=info,
+        expected=len(pairs),
+        skipped_existing=skipped,
+        written_this_run=live.done,
+        teacher_failed_this_run=live.teacher_failed,
+        seconds_this_run=round(time.monotonic() - live.started, 3),
+        retries=live.retries,
+        teacher_stats=stats.to_dict() if hasattr(stats, "to_dict") else None,
+        shard=f"{shard[0]}/{shard[1]}" if shard else None,
+    )
+    atomic_write_json(summary_path(out), summary)
+    return summary
+
+
+def _run_concurrent(
+    teacher: Any,
+    pending: deque,
+    start: Callable[[Any, int], Any],
+    record: Callable[[Any], None],
+    params: dict[str, Any],
+    gen: Any,
+    failed_ids: set[str],
+) -> None:
+    """One thread per agent, ``concurrency`` at a time; records are written from this thread."""
+    keyed = bool(getattr(teacher, "replays", False))
+
+    def drive(problem: Any, sample: int) -> Any:
+        run = start(problem, sample)
+        while not run.done:
+            extra = {"key": (problem.id, sample, len(run.steps))} if keyed else {}
+            try:
+                completion = teacher.complete(run.messages, **params, **extra)
+            except TeacherError as exc:
+                if exc.fatal:
+                    raise
+                failed_ids.add(run.id)
+                run.fail(_teacher_error_text(exc))
+                break
+            except Exception as exc:  # an unexpected teacher fault is this trajectory's error
+                failed_ids.add(run.id)
+                run.fail(_teacher_error_text(exc))
+                break
+            run.advance(completion)
+        return run
+
+    with ThreadPoolExecutor(max_workers=gen.concurrency, thread_name_prefix="agent") as pool:
+        running = set()
+        try:
+            while pending or running:
+                while pending and len(running) < gen.concurrency:
+                    running.add(pool.submit(drive, *pending.popleft()))
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    try:
+                        run = future.result()
+                    except TeacherError as exc:
+                        raise GenerationError(f"generation stopped: {exc}") from exc
+                    record(run)
+        finally:
+            for future in running:
+                future.cancel()
+
+
+def _run_batched(
+    teacher: Any,
+    pending: deque,
+    start: Callable[[Any, int], Any],
+    record: Callable[[Any], None],
+    params: dict[str, Any],
+    gen: Any,
+    failed_ids: set[str],
+) -> None:
+    """All active agents step together: one ``complete_batch`` call per step of the batch."""
+    import torch
+
+    torch.manual_seed(gen.seed)  # sampling in one process: seed once, not per call
+    active: list[Any] = []
+    with ThreadPoolExecutor(max_workers=min(8, gen.concurrency), thread_name_prefix="tool") as pool:
+        while pending or active:
+            while pending and len(active) < gen.concurrency:
+                active.append(start(*pending.popleft()))
+            try:
+                completions = teacher.complete_batch([run.messages for run in active], **params)
+            except TeacherError as exc:
+                if exc.fatal:
+                    raise GenerationError(f"generation stopped: {exc}") from exc
+                completions = None
+                error = exc
+            except Exception as exc:  # a local model fault fails this batch's trajectories only
+                completions = None
+                error = exc
+            if completions is None:
+                for run in active:
+                    failed_ids.add(run.id)
+                    run.fail(_teacher_error_text(error))
+            else:
+                # Tools (the sandbox) run in parallel; the model is idle meanwhile anyway.
+                list(
+                    pool.map(lambda rc: rc[0].advance(rc[1]), zip(active, completions, strict=True))
+                )
+            finished = [run for run in active if run.done]
+            active = [run for run in active if not run.done]
+            for run in pool.map(lambda r: (r.finish(), r)[1], finished):
+                record(run)
+
+
+def _rate(success: int, n: int) -> float | None:
+    return round(success / n, 4) if n else None
+
+
+def summarize(out: Path, bad: list[BadLine] | None = None) -> dict[str, Any]:
+    """Counts, success rate, tokens, time and errors over every trajectory in ``out``."""
+    records = [r for _, r in read_jsonl(out, errors=[])] if out.exists() else []
+    n = len(records)
+    success = sum(bool(r.get("success")) for r in records)
+    prompt = sum(int((r.get("usage") or {}).get("prompt_tokens", 0)) for r in records)
+    completion = sum(int((r.get("usage") or {}).get("completion_tokens", 0)) for r in records)
+    seconds = [float((r.get("timing") or {}).get("seconds", 0.0)) for r in records]
+    steps = [int((r.get("timing") or {}).get("steps", 0)) for r in records]
+    kinds = Counter(k for k in (error_kind(r.get("error")) for r in records) if k)
+    groups: dict[str, dict[str, list[int]]] = {
+        "category": defaultdict(list),
+        "difficulty": defaultdict(list),
+    }
+    for r in records:
+        for field in groups:
+            groups[field][str(r.get(field))].append(bool(r.get("success")))
+    by = {
+        field: {
+            key: {"n": len(v), "success": sum(v), "success_rate": _rate(sum(v), len(v))}
+            for key, v in sorted(values.items())
+        }
+        for field, values in groups.items()
+    }
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "out": str(out),
+        "trajectories": n,
+        "success": success,
+        "success_rate": _rate(success, n),
+        "with_error": sum(1 for r in records if r.get("error")),
+        "errors_by_kind": dict(kinds.most_common()),
+        "tokens": {"prompt": prompt, "completion": completion, "total": prompt + completion},
+        "mean_seconds_per_trajectory": round(sum(seconds) / n, 3) if n else None,
+        "mean_steps": round(sum(steps) / n, 3) if n else None,
+        "by_category": by["category"],
+        "by_difficulty": by["difficulty"],
+        "unreadable_lines": [str(b) for b in (bad or [])][:20],
+    }
+
+
+# ---------------------------------------------------------------------------- command
+
+
+@click.command("generate")
+@click.option("--problems", "problems_source", help="Problems file (JSONL/JSON) or 'bundled'.")
+@click.option("--teacher", help="Teacher plugin: hf, groq, openai, replay, ...")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trajectories JSONL.")
+@click.option("--concurrency", type=int, help="Agents in flight (remote) or per batch (local).")
+@click.option("--samples-per-problem", type=int, help="Trajectories per problem.")
+@click.option("--max-steps", type=int, help="Thought/Action/Observation rounds per trajectory.")
+@click.option("--temperature", type=float, help="Sampling temperature.")
+@click.option("--shard", help="i/n: take every n-th problem starting at i (0-based).")
+@click.option("--resume/--no-resume", default=True, help="Skip pairs already in --out (default).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
+def generate_command(
+    problems_source: str | None,
+    teacher: str | None,
+    out: str,
+    concurrency: int | None,
+    samples_per_problem: int | None,
+    max_steps: int | None,
+    temperature: float | None,
+    shard: str | None,
+    resume: bool,
+    progress: bool,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Run the teacher as a ReAct agent on problems; write trajectories (JSONL) and a summary."""
+    import json
+
+    from .cli import fail
+    from .config import load_config
+    from .problems import ProblemError, resolve_problems
+
+    try:
+        config = load_config(config_path, overrides)
+        flags = {
+            "teacher.name": teacher,
+            "generation.problems": problems_source,
+            "generation.concurrency": concurrency,
+            "generation.samples_per_problem": samples_per_problem,
+            "generation.temperature": temperature,
+            "agent.max_steps": max_steps,
+        }
+        # Another teacher than the file's: the file's options belong to its teacher, not this one.
+        if (
+            teacher
+            and teacher != config.teacher.name
+            and not any(o.startswith("teacher.options") for o in overrides)
+        ):
+            flags["teacher.options"] = {}
+        config = load_config(config_path, overrides, flags=flags)
+        shard_spec = parse_shard(shard)
+        problems = resolve_problems(config.generation.problems)
+        if config.generation.split and any(p.split for p in problems):
+            problems = [p for p in problems if p.split == config.generation.split]
+        if not problems:
+            raise ConfigError(
+                f"no problems to generate from {config.generation.problems or 'bundled'} "
+                f"(split={config.generation.split})"
+            )
+        summary = generate(
+            config,
+            problems=problems,
+            out=Path(out),
+            resume=resume,
+            shard=shard_spec,
+            progress=progress,
+        )
+    except (ConfigError, PluginError, ProblemError, GenerationError, TeacherError) as exc:
+        fail(str(exc))
+    brief = {k: summary[k] for k in ("trajectories", "success", "success_rate", "with_error")}
+    brief.update(written=summary["written_this_run"], retries=summary["retries"])
+    click.echo(json.dumps(brief))
+    click.echo(f"wrote {out}; summary {summary_path(Path(out))}", err=True)
+    if (
+        summary["written_this_run"]
+        and summary["teacher_failed_this_run"] == summary["written_this_run"]
+    ):
+        kinds = ", ".join(k for k in summary["errors_by_kind"] if k.startswith("teacher:"))
+        fail(
+            f"every trajectory of this run failed with a teacher error ({kinds}); see {out}", code=1
+        )
