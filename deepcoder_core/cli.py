@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "problems": "deepcoder_core.problems_cli:problems_group",
     "tools": "deepcoder_core.tools_cli:tools_group",
     "show": "deepcoder_core.show:show_group",
+    "process": "deepcoder_core.process:process_command",
     "server": "deepcoder_core.serve:server_group",
     "teacher-logits": "deepcoder_core.distill.teacher_logits:teacher_logits_command",
     "train": "deepcoder_core.distill.train:train_command",

@@ -28,6 +28,8 @@ ENTRY_POINT_GROUP = "deepcoder"
 BUILTIN_PLUGINS = frozenset(
     {
         "deepcoder-plugin-example",
+        "deepcoder-regex-spans",
+        "deepcoder-structured-spans",
         "deepcoder-groq",
         "deepcoder-hf",
         "deepcoder-openai",

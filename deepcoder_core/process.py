@@ -1,0 +1,916 @@
+"""Stage 2, ``deepcoder process``: trajectories -> a tokenized dataset with a span type per token.
+
+For each record: parse it into segments (:mod:`deepcoder_core.spans`), filter it (success,
+duplicates), detect spans, render it with the student's chat template, encode the batch with
+the fast tokenizer, map character spans to tokens, fit it into ``max_length`` (truncate at a
+step boundary, drop, or split into windows that each repeat the prompt), and filter again
+(length, span ratios). Bad input lines and unusable records are counted with their line
+numbers; the rest is written as a ``datasets`` folder plus ``summary.json`` and the config
+snapshot. Columns follow the processed-dataset contract of ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import Config, ConfigError, load_config, snapshot
+from .io import BadLine, atomic_write_json, read_jsonl
+from .plugins import PluginError
+from .protocols import Span, SpanType
+from .spans import (
+    FORMATS,
+    Parsed,
+    RecordError,
+    Segment,
+    compare_tokens,
+    detect_spans,
+    locate,
+    parse_record,
+    render,
+    template_supports_tools,
+    token_spans,
+)
+
+OVERFLOW = ("truncate", "drop", "split")
+SPAN_NAMES = [t.name.lower() for t in SpanType]
+# tokens the template adds around a cut conversation (end of turn, Qwen3's empty think block)
+_MARGIN = 8
+_MAX_LISTED_BAD = 100
+
+
+class ProcessError(Exception):
+    """A processing problem the user can act on (missing file, bad option, no tokenizer)."""
+
+
+# ---------------------------------------------------------------------------- resolving
+
+
+def resolve_tokenizer(config: Config, tokenizer: str | None = None) -> str:
+    """The student's tokenizer: the argument, ``processing.tokenizer``, ``student.tokenizer``,
+    ``student.path``, else the default teacher's (the student is derived from it)."""
+    from . import models
+
+    name = tokenizer or config.processing.tokenizer or config.student.tokenizer
+    name = name or config.student.path
+    if name is None or str(name).lower() in {"smollm2", "default"}:
+        return str(models.default_teacher_path(config.paths.cache))
+    if str(name).lower() == "qwen3":
+        return str(models.qwen3_tokenizer_path())
+    return str(name)
+
+
+def other_detector(name: str) -> str:
+    """The detector compared against for the agreement figure."""
+    return "regex" if name == "structured" else "structured"
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def load_tokenizer(path: str) -> Any:
+    """A fast tokenizer (offset mappings need one), loaded once per process."""
+    if path not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ProcessError(f"tokenizer {path}: cannot load: {exc}") from exc
+        if not getattr(tokenizer, "is_fast", False):
+            raise ProcessError(
+                f"tokenizer {path} is not a fast tokenizer; character offsets need one "
+                "(a folder with tokenizer.json)"
+            )
+        _TOKENIZERS[path] = tokenizer
+    return _TOKENIZERS[path]
+
+
+# ---------------------------------------------------------------------------- the worker
+
+
+@dataclasses.dataclass
+class Settings:
+    """What a worker process needs; plain data so it pickles for ``datasets.map``."""
+
+    tokenizer: str
+    detector: str
+    detector_options: dict[str, Any]
+    fmt: str
+    max_length: int
+    overflow: str
+    min_tokens: int
+    min_reasoning_ratio: float
+    min_action_ratio: float
+    successful_only: bool
+    agreement_sample: int
+
+
+@dataclasses.dataclass
+class Example:
+    ids: Any
+    types: Any
+    conf: Any
+    missing: int = 0
+
+
+class Worker:
+    """Turns batches of records into example rows. One per process (see :func:`_worker`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        import numpy as np
+
+        from .plugins import build
+
+        self.settings = settings
+        self.tokenizer = load_tokenizer(settings.tokenizer)
+        self.backend = self.tokenizer.backend_tokenizer
+        self.special = np.array(sorted(set(self.tokenizer.all_special_ids)), dtype=np.int64)
+        self.tools = template_supports_tools(self.tokenizer)
+        self.detector = build("span_detector", settings.detector, **settings.detector_options)
+        self.other = None
+        if settings.agreement_sample > 0:
+            try:
+                self.other = build("span_detector", other_detector(settings.detector))
+            except PluginError:
+                self.other = None
+
+    # ------------------------------------------------------------------ encoding
+    def _encode(self, texts: list[str]) -> list[Any]:
+        return self.backend.encode_batch(texts, add_special_tokens=False)
+
+    def _label(
+        self, rendered: str, segments: list[Segment], spans: list[tuple[Span, ...]], enc: Any
+    ) -> tuple[Example, Any, Any]:
+        import numpy as np
+
+        labels = np.zeros(len(rendered), np.int8)
+        confidence = np.ones(len(rendered), np.float32)
+        located = locate(rendered, segments, spans, labels, confidence)
+        ids = np.asarray(enc.ids, dtype=np.int32)
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        special = np.isin(ids, self.special)
+        types, conf = token_spans(offsets, labels, confidence, special)
+        return Example(ids, types, conf, located.missing_chars), offsets, located
+
+    def _example(self, segments: list[Segment], spans: list[tuple[Span, ...]]) -> Example:
+        rendered = render(segments, self.tokenizer)
+        return self._label(rendered, segments, spans, self._encode([rendered])[0])[0]
+
+    # ------------------------------------------------------------------ records
+    def run(self, items: list[tuple[int, int, dict[str, Any]]]) -> dict[str, list[Any]]:
+        """``items``: (line, index, record). Returns columns; dropped records get one row with
+        ``_drop`` set and empty token columns."""
+        s = self.settings
+        rows = _Rows()
+        prepared = []
+        for line, index, record in items:
+            try:
+                parsed = parse_record(record, s.fmt)
+            except RecordError as exc:
+                rows.drop(line, index, "bad_record", str(exc), fmt=s.fmt)
+                continue
+            if s.successful_only and not parsed.meta["success"]:
+                rows.drop(line, index, "unsuccessful", "", parsed=parsed)
+                continue
+            try:
+                spans = detect_spans(self.detector, parsed.segments)
+                rendered = render(parsed.segments, self.tokenizer)
+            except Exception as exc:  # a detector or template failing on odd input: skip it
+                reason = f"{type(exc).__name__}: {exc}"
+                rows.drop(line, index, "bad_record", reason[:300], parsed=parsed)
+                continue
+            prepared.append((line, index, parsed, spans, rendered))
+        encodings = self._encode([p[4] for p in prepared]) if prepared else []
+        for (line, index, parsed, spans, rendered), enc in zip(prepared, encodings, strict=False):
+            example, offsets, located = self._label(rendered, parsed.segments, spans, enc)
+            agreement = None
+            if self.other is not None and index < s.agreement_sample:
+                agreement = self._agreement(rendered, parsed.segments, example, offsets, located)
+            if len(example.ids) <= s.max_length:
+                pieces, note = [example], ""
+            elif s.overflow == "drop":
+                pieces, note = [], "too_long"
+            elif s.overflow == "split":
+                pieces, note = self._split(parsed.segments, spans, offsets, located)
+            else:
+                pieces, note = self._truncate(parsed.segments, spans, offsets, located)
+            if not pieces:
+                rows.drop(line, index, note or "too_long", "", parsed=parsed)
+                continue
+            kept = 0
+            for part, piece in enumerate(pieces):
+                reason = self._filter(piece)
+                if reason:
+                    if part == 0 and len(pieces) == 1:
+                        rows.drop(line, index, reason, "", parsed=parsed, agreement=agreement)
+                    continue
+                rows.add(line, index, parsed, piece, note, agreement if kept == 0 else None)
+                kept += 1
+            if len(pieces) > 1 and not kept:
+                rows.drop(line, index, "too_short", "", parsed=parsed)
+        return rows.columns
+
+    def _filter(self, example: Example) -> str:
+        import numpy as np
+
+        s = self.settings
+        n = len(example.ids)
+        if n < s.min_tokens:
+            return "too_short"
+        labeled = int(np.count_nonzero(example.types))
+        if labeled == 0:
+            return "no_labeled_tokens"
+        if (
+            int(np.count_nonzero(example.types == SpanType.REASONING))
+            < s.min_reasoning_ratio * labeled
+        ):
+            return "low_reasoning_ratio"
+        if int(np.count_nonzero(example.types == SpanType.ACTION)) < s.min_action_ratio * labeled:
+            return "low_action_ratio"
+        return ""
+
+    def _agreement(self, rendered, segments, example, offsets, located) -> dict[str, Any]:
+        """Token agreement of the other detector with this one, after the prompt."""
+        import numpy as np
+
+        try:
+            spans = detect_spans(self.other, segments)
+        except Exception:  # the comparison must never stop processing
+            return {}
+        labels = np.zeros(len(rendered), np.int8)
+        confidence = np.ones(len(rendered), np.float32)
+        locate(rendered, segments, spans, labels, confidence)
+        special = np.isin(example.ids, self.special)
+        other, _ = token_spans(offsets, labels, confidence, special)
+        body = offsets[:, 0] >= located.prompt_end
+        return {"this": example.types[body], "other": other[body]}
+
+    # ------------------------------------------------------------------ overflow
+    def _boundaries(self, segments, spans, located) -> list[tuple[int, int, int]]:
+        """Step starts as (segment, offset, rendered position), in order: every assistant
+        message after the first, and every span right after an observation inside one text
+        (FireAct-style single-message trajectories)."""
+        out = []
+        body = next((i for i, seg in enumerate(segments) if not seg.prompt), len(segments))
+        for i in range(body, len(segments)):
+            seg, where = segments[i], located.ranges[i]
+            if where is None:
+                continue
+            if (
+                i > body
+                and seg.role == "assistant"
+                and seg.field == "content"
+                and seg.message != segments[i - 1].message
+            ):
+                out.append((i, 0, where[0]))
+            if where[1] - where[0] == len(seg.text):
+                seg_spans = spans[i]
+                for a, b in zip(seg_spans, seg_spans[1:], strict=False):
+                    if a.type == SpanType.OBSERVATION and b.type != SpanType.OBSERVATION:
+                        out.append((i, b.start, where[0] + b.start))
+        return sorted(set(out), key=lambda t: t[2])
+
+    def _cut(self, segments, spans, start: tuple[int, int] | None, end: tuple[int, int] | None):
+        """The prompt plus the body between two step boundaries (None: body start / end)."""
+        body = next((i for i, seg in enumerate(segments) if not seg.prompt), len(segments))
+        i0, o0 = start if start else (body, 0)
+        i1, o1 = end if end else (len(segments), 0)
+        out_seg, out_spans = list(segments[:body]), list(spans[:body])
+        for i in range(i0, min(i1 + 1, len(segments))):
+            a = o0 if i == i0 else 0
+            b = o1 if i == i1 else len(segments[i].text)
+            if b <= a:
+                continue
+            seg = segments[i]
+            out_seg.append(dataclasses.replace(seg, text=seg.text[a:b], parts=()))
+            out_spans.append(
+                tuple(
+                    Span(max(sp.start, a) - a, min(sp.end, b) - a, sp.type, sp.confidence)
+                    for sp in spans[i]
+                    if sp.end > a and sp.start < b
+                )
+            )
+        return out_seg, out_spans
+
+    def _truncate(self, segments, spans, offsets, located):
+        """Keep whole steps: the longest prefix ending before a step start that fits."""
+        import numpy as np
+
+        ends = offsets[:, 1]
+        limit = self.settings.max_length
+        tries = 0
+        for i, off, pos in reversed(self._boundaries(segments, spans, located)):
+            if int(np.searchsorted(ends, pos, side="right")) + _MARGIN > limit:
+                continue
+            example = self._example(*self._cut(segments, spans, None, (i, off)))
+            if len(example.ids) <= limit:
+                return [example], "truncated"
+            tries += 1
+            if tries >= 4:
+                break
+        return [], "too_long"
+
+    def _split(self, segments, spans, offsets, located):
+        """Windows of whole steps, each after the prompt, each within ``max_length``."""
+        import numpy as np
+
+        ends = offsets[:, 1]
+        limit = self.settings.max_length
+        body = next((i for i, seg in enumerate(segments) if not seg.prompt), len(segments))
+        body_pos = located.ranges[body][0] if body < len(segments) and located.ranges[body] else 0
+        prompt_tokens = int(np.searchsorted(ends, body_pos, side="right"))
+        points: list[tuple[int, int] | None] = [None]
+        marks = [body_pos]
+        for i, off, pos in self._boundaries(segments, spans, located):
+            points.append((i, off))
+            marks.append(pos)
+        points.append(None)
+        tokens = [int(np.searchsorted(ends, p, side="right")) for p in marks] + [len(ends)]
+        pieces = []
+        i = 0
+        while i < len(points) - 1:
+            j = len(points) - 1
+            while j > i and prompt_tokens + tokens[j] - tokens[i] + _MARGIN > limit:
+                j -= 1
+            example = None
+            while j > i:
+                start = points[i] if i > 0 else None
+                candidate = self._example(*self._cut(segments, spans, start, points[j]))
+                if len(candidate.ids) <= limit:
+                    example = candidate
+                    break
+                j -= 1
+            if example is None:  # one step alone is too long: leave it out
+                i += 1
+                continue
+            pieces.append(example)
+            i = j
+        return pieces, ("split" if len(pieces) > 1 else "truncated" if pieces else "too_long")
+
+
+class _Rows:
+    """Column builder for :meth:`Worker.run`."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
+
+    def _meta(self, line, index, parsed: Parsed | None, fmt: str = "") -> None:
+        meta = parsed.meta if parsed else {}
+        c = self.columns
+        c["trajectory_id"].append(meta.get("trajectory_id") or f"line-{line}")
+        c["problem_id"].append(meta.get("problem_id", ""))
+        c["difficulty"].append(meta.get("difficulty", ""))
+        c["category"].append(meta.get("category", ""))
+        c["success"].append(bool(meta.get("success", False)))
+        c["_line"].append(line)
+        c["_index"].append(index)
+        c["_format"].append(parsed.format if parsed else fmt)
+        c["_hash"].append(parsed.content_hash() if parsed else "")
+
+    def drop(self, line, index, reason, message, *, parsed=None, fmt="", agreement=None):
+        import numpy as np
+
+        self._meta(line, index, parsed, fmt)
+        c = self.columns
+        c["input_ids"].append(np.zeros(0, np.int32))
+        c["attention_mask"].append(np.zeros(0, np.int8))
+        c["span_type"].append(np.zeros(0, np.int8))
+        c["span_confidence"].append(np.zeros(0, np.float32))
+        c["_drop"].append(reason)
+        c["_message"].append(message)
+        c["_note"].append("")
+        c["_missing"].append(0)
+        self._agreement(agreement)
+
+    def add(self, line, index, parsed, example: Example, note: str, agreement) -> None:
+        import numpy as np
+
+        self._meta(line, index, parsed)
+        c = self.columns
+        c["input_ids"].append(example.ids)
+        c["attention_mask"].append(np.ones(len(example.ids), np.int8))
+        c["span_type"].append(example.types)
+        c["span_confidence"].append(example.conf)
+        c["_drop"].append("")
+        c["_message"].append("")
+        c["_note"].append(note)
+        c["_missing"].append(int(example.missing))
+        self._agreement(agreement)
+
+    def _agreement(self, agreement) -> None:
+        import numpy as np
+
+        c = self.columns
+        if agreement:
+            c["_agree_this"].append(agreement["this"].astype(np.int8))
+            c["_agree_other"].append(agreement["other"].astype(np.int8))
+        else:
+            c["_agree_this"].append(np.zeros(0, np.int8))
+            c["_agree_other"].append(np.zeros(0, np.int8))
+
+
+COLUMNS = [
+    "input_ids",
+    "attention_mask",
+    "span_type",
+    "span_confidence",
+    "trajectory_id",
+    "problem_id",
+    "difficulty",
+    "category",
+    "success",
+]
+PRIVATE = [
+    "_line",
+    "_index",
+    "_format",
+    "_hash",
+    "_drop",
+    "_message",
+    "_note",
+    "_missing",
+    "_agree_this",
+    "_agree_other",
+]
+
+
+def features():
+    """Arrow types of the rows the worker produces (public columns first)."""
+    from datasets import Features, List, Value
+
+    return Features(
+        {
+            "input_ids": List(Value("int32")),
+            "attention_mask": List(Value("int8")),
+            "span_type": List(Value("int8")),
+            "span_confidence": List(Value("float32")),
+            "trajectory_id": Value("string"),
+            "problem_id": Value("string"),
+            "difficulty": Value("string"),
+            "category": Value("string"),
+            "success": Value("bool"),
+            "_line": Value("int64"),
+            "_index": Value("int64"),
+            "_format": Value("string"),
+            "_hash": Value("string"),
+            "_drop": Value("string"),
+            "_message": Value("string"),
+            "_note": Value("string"),
+            "_missing": Value("int64"),
+            "_agree_this": List(Value("int8")),
+            "_agree_other": List(Value("int8")),
+        }
+    )
+
+
+_WORKERS: dict[str, Worker] = {}
+
+
+def _worker(settings: Settings) -> Worker:
+    key = json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str)
+    if key not in _WORKERS:
+        _WORKERS[key] = Worker(settings)
+    return _WORKERS[key]
+
+
+def _map_batch(batch: dict[str, list[Any]], settings: Settings) -> dict[str, list[Any]]:
+    """``datasets.map`` function: records (as JSON text) in, example rows out."""
+    items = [
+        (line, index, json.loads(text))
+        for line, index, text in zip(
+            batch["_line"], batch["_index"], batch["_record"], strict=False
+        )
+    ]
+    return _worker(settings).run(items)
+
+
+def _table(columns: dict[str, list[Any]]):
+    """An Arrow table from worker columns, building list columns from numpy in one go."""
+    import numpy as np
+    import pyarrow as pa
+
+    schema = features().arrow_schema
+    arrays = []
+    for name in schema.names:
+        values = columns[name]
+        kind = schema.field(name).type
+        if pa.types.is_list(kind):
+            lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+            offsets = np.zeros(len(values) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+            flat = (
+                np.concatenate(values) if values else np.zeros(0, kind.value_type.to_pandas_dtype())
+            )
+            flat = flat.astype(kind.value_type.to_pandas_dtype(), copy=False)
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)))
+        else:
+            arrays.append(pa.array(values, type=kind))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def _bad_kind(reason: str) -> str:
+    for key, kind in (
+        ("invalid JSON", "invalid_json"),
+        ("invalid UTF-8", "invalid_utf8"),
+        ("too large", "too_large"),
+        ("truncated", "truncated_line"),
+        ("expected a JSON object", "not_an_object"),
+        ("empty steps", "empty_steps"),
+        ("empty step", "empty_steps"),
+        ("empty record", "empty_record"),
+        ("missing field", "missing_field"),
+        ("unknown record format", "unknown_format"),
+    ):
+        if key in reason:
+            return kind
+    return "bad_record"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def process(
+    config: Config,
+    *,
+    trajectories: Path,
+    out: Path,
+    tokenizer: str | None = None,
+    detector: str | None = None,
+    num_proc: int | None = None,
+    fmt: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Turn ``trajectories`` (JSONL) into a tokenized dataset in ``out``; returns the summary.
+
+    ``out`` gets the ``datasets`` folder (``save_to_disk``), ``summary.json`` and
+    ``config.yaml``; it is built next to ``out`` and moved into place at the end, so a killed
+    run leaves the previous output (or none), never a half-written one.
+    """
+    import numpy as np
+
+    started = time.perf_counter()
+    cfg = config.processing
+    trajectories, out = Path(trajectories), Path(out)
+    fmt = fmt or cfg.format
+    if fmt not in ("auto", *FORMATS):
+        raise ProcessError(f"format {fmt!r}: expected auto or one of {', '.join(FORMATS)}")
+    if cfg.overflow not in OVERFLOW:
+        raise ProcessError(
+            f"processing.overflow {cfg.overflow!r}: expected one of {', '.join(OVERFLOW)}"
+        )
+    if cfg.max_length < 8:
+        raise ProcessError(f"processing.max_length {cfg.max_length}: must be at least 8")
+    if not trajectories.is_file():
+        raise ProcessError(f"{trajectories}: no such trajectories file")
+    detector = detector or cfg.detector
+    num_proc = max(1, int(num_proc or cfg.num_proc))
+    settings = Settings(
+        tokenizer=resolve_tokenizer(config, tokenizer),
+        detector=detector,
+        detector_options=dict(cfg.detector_options),
+        fmt=fmt,
+        max_length=cfg.max_length,
+        overflow=cfg.overflow,
+        min_tokens=cfg.min_tokens,
+        min_reasoning_ratio=cfg.min_reasoning_ratio,
+        min_action_ratio=cfg.min_action_ratio,
+        successful_only=cfg.successful_only,
+        agreement_sample=cfg.agreement_sample,
+    )
+    try:
+        worker = _worker(settings)  # fails early on a bad tokenizer or detector name
+    except PluginError as exc:
+        raise ProcessError(str(exc)) from exc
+
+    bad: list[BadLine] = []
+    items = [
+        (line, index, record)
+        for index, (line, record) in enumerate(
+            read_jsonl(trajectories, errors=bad, max_line_bytes=cfg.max_record_bytes)
+        )
+    ]
+    batch = max(1, cfg.batch_size)
+    if num_proc == 1 or len(items) < 2 * batch:
+        columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
+        chunks = range(0, len(items), batch)
+        with click.progressbar(chunks, label="process", file=None if progress else _Null()) as bar:
+            for start in bar:
+                for name, values in worker.run(items[start : start + batch]).items():
+                    columns[name].extend(values)
+        from datasets import Dataset
+
+        dataset = Dataset(_table(columns))
+    else:
+        from datasets import Dataset, disable_progress_bars, enable_progress_bars
+
+        source = Dataset.from_dict(
+            {
+                "_line": [line for line, _, _ in items],
+                "_index": [index for _, index, _ in items],
+                "_record": [json.dumps(record, ensure_ascii=False) for _, _, record in items],
+            }
+        )
+        if not progress:
+            disable_progress_bars()
+        try:
+            dataset = source.map(
+                _map_batch,
+                batched=True,
+                batch_size=batch,
+                num_proc=num_proc,
+                fn_kwargs={"settings": settings},
+                remove_columns=source.column_names,
+                features=features(),
+                desc="process",
+                load_from_cache_file=False,
+            )
+        finally:
+            enable_progress_bars()
+
+    # ---- drops, de-duplication, summary
+    drops: Counter[str] = Counter()
+    formats: Counter[str] = Counter()
+    bad_lines = [{"line": b.line, "reason": b.reason} for b in bad]
+    meta = dataset.select_columns(
+        ["_line", "_index", "_format", "_hash", "_drop", "_message", "_note", "_missing"]
+    ).to_dict()
+    keep: list[int] = []
+    first_index_of: dict[str, int] = {}
+    counted: set[int] = set()
+    notes: Counter[str] = Counter()
+    missing = 0
+    for row, (line, index, fmt_name, digest, drop, message, note, miss) in enumerate(
+        zip(*(meta[k] for k in meta), strict=False)
+    ):
+        new_record = index not in counted
+        counted.add(index)
+        if new_record and fmt_name and drop != "bad_record":
+            formats[fmt_name] += 1
+        if drop:
+            if drop == "bad_record":
+                bad_lines.append({"line": line, "reason": message})
+            else:
+                drops[drop] += 1
+            continue
+        if cfg.dedup and digest:
+            owner = first_index_of.setdefault(digest, index)
+            if owner != index:
+                if new_record:
+                    drops["duplicate"] += 1
+                continue
+        if note and new_record:
+            notes[note] += 1
+        missing += miss
+        keep.append(row)
+
+    agreement = _agreement_summary(dataset, detector, worker.other is not None, cfg)
+    dataset = dataset.select(keep).remove_columns(PRIVATE)
+    span_type = dataset.data.column("span_type").combine_chunks().flatten().to_numpy()
+    counts = np.bincount(span_type.astype(np.int64), minlength=len(SpanType))
+    total = int(counts.sum())
+    bad_lines.sort(key=lambda b: b["line"])
+    bad_kinds = Counter(_bad_kind(b["reason"]) for b in bad_lines)
+    seconds = time.perf_counter() - started
+    records_read = len(items) + len(bad)
+    summary = {
+        "schema": 1,
+        "stage": "process",
+        "trajectories": str(trajectories),
+        "trajectories_sha256": _sha256(trajectories),
+        "config_fingerprint": config.section_fingerprint("processing"),
+        "tokenizer": settings.tokenizer,
+        "chat_template": "tokenizer" if worker.tokenizer.chat_template else "chatml-fallback",
+        "template_tools": worker.tools,
+        "detector": detector,
+        "format": fmt,
+        "formats": dict(formats),
+        "records": {
+            "read": records_read,
+            "bad": len(bad_lines),
+            "dropped": sum(drops.values()),
+            "kept": len({i for i in dataset["trajectory_id"]}) if len(dataset) else 0,
+        },
+        "examples": len(dataset),
+        "truncated": notes.get("truncated", 0),
+        "split": notes.get("split", 0),
+        "tokens": total,
+        "span_tokens": {name: int(counts[t]) for t, name in enumerate(SPAN_NAMES)},
+        "span_ratios": {
+            name: round(int(counts[t]) / total, 4) if total else 0.0
+            for t, name in enumerate(SPAN_NAMES)
+        },
+        "drops": dict(sorted(drops.items())),
+        "bad_input": {
+            "count": len(bad_lines),
+            "by_reason": dict(sorted(bad_kinds.items())),
+            "lines": bad_lines[:_MAX_LISTED_BAD],
+        },
+        "template_missing_chars": missing,
+        "agreement": agreement,
+        "num_proc": num_proc,
+        "seconds": round(seconds, 3),
+        "trajectories_per_second": round(records_read / seconds, 1) if seconds else None,
+    }
+    _write(out, dataset, summary, config)
+    return summary
+
+
+def _agreement_summary(dataset, detector: str, available: bool, cfg) -> dict[str, Any] | None:
+    """Token agreement of ``structured`` and ``regex`` on the first records (``agreement_sample``)."""
+    import numpy as np
+
+    if cfg.agreement_sample <= 0:
+        return None
+    other = other_detector(detector)
+    if not available:
+        return {"detectors": [detector, other], "error": f"span detector '{other}' not installed"}
+    column = dataset.data.column("_agree_this").combine_chunks()
+    this = column.flatten().to_numpy()
+    that = dataset.data.column("_agree_other").combine_chunks().flatten().to_numpy()
+    records = int(np.count_nonzero(np.diff(column.offsets.to_numpy())))
+    result = compare_tokens(this, that)
+    return {
+        "detectors": [detector, other],
+        "records": records,
+        "tokens": result["tokens"],
+        "agreement": result["accuracy"],
+        # precision/recall of the other detector, taking this one as the reference
+        "per_type": result["per_type"],
+    }
+
+
+def _write(out: Path, dataset: Any, summary: dict[str, Any], config: Config) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    from datasets import disable_progress_bars, enable_progress_bars
+
+    disable_progress_bars()
+    try:
+        dataset.save_to_disk(str(staging))
+        atomic_write_json(staging / "summary.json", summary)
+        snapshot(config, staging / "config.yaml")
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{staging.name[-8:]}"
+            out.rename(old)
+        staging.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        enable_progress_bars()
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class _Null:
+    """A file that swallows the progress bar when progress is off."""
+
+    def write(self, _text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+@click.command("process")
+@click.option(
+    "--trajectories",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="JSONL of trajectories (ours, OpenAI chat, FireAct, ShareGPT, or {text}).",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
+@click.option("--tokenizer", help="Student tokenizer folder (default: the student's).")
+@click.option("--detector", help="Span detector plugin: structured, regex, ...")
+@click.option("--num-proc", type=int, help="Worker processes (datasets.map num_proc).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["auto", *FORMATS]), help="Input format (default: auto)."
+)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
+def process_command(
+    trajectories: str,
+    out: str,
+    tokenizer: str | None,
+    detector: str | None,
+    num_proc: int | None,
+    fmt: str | None,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Tokenize trajectories with the student's chat template and label every token's span."""
+    try:
+        config = load_config(config_path, overrides)
+        summary = process(
+            config,
+            trajectories=Path(trajectories),
+            out=Path(out),
+            tokenizer=tokenizer,
+            detector=detector,
+            num_proc=num_proc,
+            fmt=fmt,
+            progress=True,
+        )
+    except (ConfigError, ProcessError, PluginError, OSError) as exc:
+        from .cli import fail
+
+        fail(str(exc))
+        return
+    for bad in summary["bad_input"]["lines"][:10]:
+        click.secho(
+            f"warning: skipped {trajectories}:{bad['line']}: {bad['reason']}", fg="yellow", err=True
+        )
+    if summary["bad_input"]["count"] > 10:
+        click.secho(
+            f"warning: {summary['bad_input']['count'] - 10} more bad lines: see {out}/summary.json",
+            fg="yellow",
+            err=True,
+        )
+    ratios = ", ".join(f"{k} {v:.1%}" for k, v in summary["span_ratios"].items())
+    drops = ", ".join(f"{k} {v}" for k, v in summary["drops"].items()) or "none"
+    agreement = summary.get("agreement") or {}
+    click.echo(
+        f"{summary['examples']} examples ({summary['tokens']} tokens) from "
+        f"{summary['records']['read']} records in {summary['seconds']:.1f}s -> {out}\n"
+        f"spans: {ratios}\ndropped: {drops}; bad input: {summary['bad_input']['count']}"
+        + (
+            f"\nagreement {'/'.join(agreement['detectors'])}: {agreement['agreement']:.1%}"
+            if agreement.get("agreement") is not None
+            else ""
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- show example
+
+SPAN_STYLES = {
+    SpanType.OTHER: {"dim": True},
+    SpanType.REASONING: {"fg": "magenta"},
+    SpanType.ACTION: {"fg": "yellow", "bold": True},
+    SpanType.OBSERVATION: {"fg": "green"},
+    SpanType.ANSWER: {"fg": "blue", "bold": True},
+}
+
+
+def show_example(
+    directory: Path, index: int, *, tokenizer: str | None = None, markers: bool = False
+) -> str:
+    """One processed example as text, runs of one span type coloured (or tagged, ``markers``)."""
+    from datasets import load_from_disk
+
+    directory = Path(directory)
+    try:
+        dataset = load_from_disk(str(directory))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ProcessError(f"{directory}: not a processed dataset ({exc})") from exc
+    if not -len(dataset) <= index < len(dataset):
+        raise ProcessError(f"{directory}: index {index} out of range (0..{len(dataset) - 1})")
+    example = dataset[index]
+    if tokenizer is None:
+        summary_path = directory / "summary.json"
+        if summary_path.exists():
+            tokenizer = json.loads(summary_path.read_text(encoding="utf-8")).get("tokenizer")
+    if tokenizer is None:
+        raise ProcessError(f"{directory}: no summary.json naming the tokenizer; pass --tokenizer")
+    tok = load_tokenizer(tokenizer)
+    ids, types = example["input_ids"], example["span_type"]
+    counts = Counter(types)
+    header = (
+        f"example {index} of {len(dataset)}: trajectory {example['trajectory_id']} "
+        f"problem {example['problem_id'] or '-'} ({len(ids)} tokens; "
+        + ", ".join(f"{SpanType(t).name.lower()} {counts.get(t, 0)}" for t in range(5))
+        + ")"
+    )
+    legend = " ".join(click.style(f"[{t.name.lower()}]", **SPAN_STYLES[t]) for t in SpanType)
+    parts = [header, legend, ""]
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or types[end] != types[start]:
+            text = tok.decode(ids[start:end], skip_special_tokens=False)
+            kind = SpanType(types[start])
+            if markers:
+                text = f"⟦{kind.name.lower()}⟧{text}"
+            parts.append(click.style(text, **SPAN_STYLES[kind]))
+            start = end
+    return "\n".join(parts[:3]) + "".join(parts[3:])
