@@ -122,3 +122,24 @@ def show_trajectory_command(file: str, ids: tuple[str, ...], color: bool | None)
     console = _console(color)
     for record in records:
         render_trajectory(record, console)
+
+
+@show_group.command("example")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--index", "-i", default=0, show_default=True, help="Example number (negative: from the end)."
+)
+@click.option("--tokenizer", help="Tokenizer folder (default: the one in DIRECTORY/summary.json).")
+@click.option("--markers", is_flag=True, help="Also tag each run of tokens with its span type.")
+@click.option("--color/--no-color", default=None, help="Force colour on or off (default: tty).")
+def show_example_command(
+    directory: str, index: int, tokenizer: str | None, markers: bool, color: bool | None
+) -> None:
+    """Print one example of a processed dataset (`deepcoder process`), tokens coloured by span type."""
+    from .process import ProcessError, show_example
+
+    try:
+        text = show_example(Path(directory), index, tokenizer=tokenizer, markers=markers)
+    except ProcessError as exc:
+        fail(str(exc))
+    click.echo(text, color=color)
