@@ -117,9 +117,12 @@ def run_check(payload: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]
             errors.append(short_traceback(exc, [_SOLUTION, _TESTS]))
 
     def result() -> dict[str, Any]:
+        total = max(counts["executed"], static_total)
+        if not total and not errors:
+            errors.append("the tests ran no assert: nothing was checked")
         return {
             "passed": counts["passed"],
-            "total": max(counts["executed"], static_total),
+            "total": total,
             "first_error": errors[0] if errors else None,
         }
 

@@ -87,7 +87,9 @@ class PythonTool:
         text = "\n".join(parts) or "(no output)"
         if len(text) > self.max_output_chars:
             cut = len(text) - self.max_output_chars
-            text = text[: self.max_output_chars] + f"\n... [{cut} characters cut]"
+            text = (
+                text[: self.max_output_chars] + f"\n... [output truncated: {cut} more characters]"
+            )
         meta: dict[str, Any] = {
             "status": result.status,
             "duration": round(result.duration, 4),

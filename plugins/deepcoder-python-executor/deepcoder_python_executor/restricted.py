@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import collections
 import importlib
 import operator
 import random
@@ -68,6 +69,7 @@ ALLOWED_MODULES = frozenset(
     }
 )
 
+_FORMATTABLE = (str, collections.UserString)  # their .format() walks attributes by name
 _REFUSED_NAMES = INSPECT_ATTRIBUTES | {"mro", "f_trace_lines", "f_trace_opcodes", "tb_lasti"}
 _MISSING = object()
 
@@ -123,7 +125,7 @@ def _refuse_name(name: Any) -> None:
     if type(name) is not str:
         raise TypeError("attribute name must be a str")
     if name.startswith("_"):
-        raise AttributeError(f'"{name}" is not allowed: names starting with "_" are private')
+        raise AttributeError(f'"{name}" is not allowed: it starts with "_" (private)')
     if name in _REFUSED_NAMES:
         raise AttributeError(f'"{name}" is not allowed: it exposes interpreter internals')
 
@@ -155,9 +157,11 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
     """``_getattr_`` and the ``getattr`` builtin."""
     _refuse_name(name)
     if name in ("format", "format_map") and (
-        isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
+        isinstance(obj, _FORMATTABLE) or (isinstance(obj, type) and issubclass(obj, _FORMATTABLE))
     ):
-        raise AttributeError(f"str.{name} is not allowed (format strings can read attributes)")
+        raise AttributeError(
+            f"str.{name} is not allowed (format fields can read attributes); use an f-string"
+        )
     if name == "obj" and isinstance(obj, AttributeError):
         raise AttributeError("AttributeError.obj is not allowed")
     try:
@@ -215,10 +219,16 @@ def guarded_import(
     return ModuleProxy(name if fromlist else name.partition(".")[0])
 
 
-def guarded_type(obj: Any, *rest: Any) -> type:
+def guarded_type(obj: Any, *rest: Any) -> Any:
+    """One-argument ``type``; metaclasses stay hidden (calling one would build classes with any dunder)."""
     if rest:
         raise TypeError("type() with three arguments is not allowed; use a class statement")
-    return type(obj)
+    cls = type(obj)
+    if cls is type:
+        return guarded_type
+    if issubclass(cls, type):
+        raise TypeError(f"the type of {obj!r} (a metaclass) is not available")
+    return cls
 
 
 def safe_dir(obj: Any = _MISSING) -> list[str]:
