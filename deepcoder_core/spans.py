@@ -447,22 +447,26 @@ _PARSERS = {
 
 
 def normalize_spans(text: str, spans: list[Span]) -> tuple[Span, ...]:
-    """Sorted, non-overlapping, whitespace-only spans merged into the span before them,
-    neighbours of one type merged (lowest confidence kept)."""
+    """Sorted, non-overlapping spans; whitespace at the start of a span moves to the span
+    before it, neighbours of one type merge (lowest confidence kept)."""
     out: list[Span] = []
     for span in sorted(spans, key=lambda s: (s.start, -s.end)):
         start = max(span.start, out[-1].end if out else 0)
         end = min(span.end, len(text))
         if end <= start:
             continue
-        if out and (
-            out[-1].end == start and (out[-1].type == span.type or text[start:end].isspace())
-        ):
+        if out and out[-1].end == start and text[start].isspace():
+            # leading whitespace goes to the span before (the blank line after a block)
+            piece = text[start:end]
+            lead = len(piece) - len(piece.lstrip())
             prev = out[-1]
-            conf = (
-                prev.confidence if prev.type != span.type else min(prev.confidence, span.confidence)
-            )
-            out[-1] = Span(prev.start, end, prev.type, conf)
+            out[-1] = Span(prev.start, start + lead, prev.type, prev.confidence)
+            start += lead
+            if end <= start:
+                continue
+        if out and out[-1].end == start and out[-1].type == span.type:
+            prev = out[-1]
+            out[-1] = Span(prev.start, end, prev.type, min(prev.confidence, span.confidence))
             continue
         out.append(Span(start, end, SpanType(span.type), span.confidence))
     return tuple(out)

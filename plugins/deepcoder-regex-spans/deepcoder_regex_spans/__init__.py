@@ -116,6 +116,8 @@ class RegexSpanDetector:
                 )
             )
             alternatives.append(f"(?P<m{i}>{marker['pattern']})")
+        # markers that end a fence: unconditional ones of the agent's own span types
+        self._strong = [after is None and kind != SpanType.OTHER for kind, _, after in self.markers]
         self.marker_re = _compile(
             f"{prefix}(?:{'|'.join(alternatives)})" if alternatives else r"(?!x)x",
             f"{source}: markers",
@@ -168,7 +170,7 @@ class RegexSpanDetector:
         ]
         fences: list[tuple[int, int]] = []
         if self.fences and "```" in text:
-            strong = [pos for pos, group in markers if self.markers[int(group[1:])][2] is None]
+            strong = [pos for pos, group in markers if self._strong[int(group[1:])]]
             lines = [m for m in _FENCE.finditer(text) if not in_block(m.start())]
             i = 0
             while i + 1 < len(lines):
