@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "show": "deepcoder_core.show:show_group",
     "process": "deepcoder_core.process:process_command",
     "server": "deepcoder_core.serve:server_group",
+    "eval": "deepcoder_core.evaluate:eval_command",
     "teacher-logits": "deepcoder_core.distill.teacher_logits:teacher_logits_command",
     "train": "deepcoder_core.distill.train:train_command",
     "merge-lora": "deepcoder_core.distill.student:merge_lora_command",
