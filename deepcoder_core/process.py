@@ -682,8 +682,12 @@ def process(
         keep.append(row)
 
     agreement = _agreement_summary(dataset, detector, worker.other is not None, cfg)
-    dataset = dataset.select(keep).remove_columns(PRIVATE)
-    span_type = dataset.data.column("span_type").combine_chunks().flatten().to_numpy()
+    import pyarrow as pa
+    from datasets import Dataset
+
+    table = dataset.data.table.take(pa.array(keep, pa.int64())).drop_columns(PRIVATE)
+    dataset = Dataset(table)
+    span_type = table.column("span_type").combine_chunks().flatten().to_numpy()
     counts = np.bincount(span_type.astype(np.int64), minlength=len(SpanType))
     total = int(counts.sum())
     bad_lines.sort(key=lambda b: b["line"])
@@ -764,7 +768,8 @@ def _write(out: Path, dataset: Any, summary: dict[str, Any], config: Config) -> 
 
     disable_progress_bars()
     try:
-        dataset.save_to_disk(str(staging))
+        # one shard at least: datasets cannot load an empty dataset saved with none
+        dataset.save_to_disk(str(staging), num_shards=1 if len(dataset) == 0 else None)
         atomic_write_json(staging / "summary.json", summary)
         snapshot(config, staging / "config.yaml")
         old = None
