@@ -1,0 +1,353 @@
+"""`deepcoder run`: every stage from one config, in one run directory, skipping what is done.
+
+Run directory layout::
+
+    <out>/config.yaml              config snapshot (secrets redacted)
+    <out>/state.json               per stage: fingerprint, status, summary
+    <out>/trajectories.jsonl       generate          (+ trajectories.summary.json)
+    <out>/dataset/                 process           (+ dataset/summary.json)
+    <out>/teacher_logits/          teacher-logits    (only when the loss needs a distribution)
+    <out>/baseline/                the student before distillation
+    <out>/student/                 train             (metrics.jsonl, plots/, summary.json)
+    <out>/eval/                    eval              (report.json, report.md, charts)
+    <out>/report.md                the final report, with plots in <out>/plots/
+
+A stage's fingerprint hashes its config sections and its inputs' fingerprints; a stage is
+skipped when its fingerprint matches a completed entry in ``state.json`` and its output is
+there. Each stage resumes its own partial output, so a killed run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import Config, ConfigError, snapshot
+from .io import atomic_write_json
+
+STAGES = ("generate", "process", "teacher-logits", "train", "eval", "report")
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot run with this configuration; the message says what to change."""
+
+
+@dataclass
+class Stage:
+    name: str
+    sections: tuple[str, ...]
+    output: str
+    run: Callable[[RunContext], dict[str, Any]]
+    enabled: Callable[[RunContext], bool] = lambda ctx: True
+
+
+class RunContext:
+    """What stages share: the config, the run directory, fingerprints of finished stages."""
+
+    def __init__(self, config: Config, out: Path, echo: Callable[[str], None] = click.echo):
+        self.config = config
+        self.out = out
+        self.echo = echo
+        self.state_path = out / "state.json"
+        self.state: dict[str, Any] = (
+            json.loads(self.state_path.read_text()) if self.state_path.exists() else {"stages": {}}
+        )
+        self.fingerprints: dict[str, str] = {}
+
+    def save_state(self) -> None:
+        atomic_write_json(self.state_path, self.state)
+
+    # ------------------------------------------------------------------ shared facts
+    def teacher_spec(self) -> dict[str, Any]:
+        return {"teacher": self.config.teacher.name, "options": dict(self.config.teacher.options)}
+
+    def teacher_model_path(self) -> str | None:
+        """The local model folder of a white-box (hf) teacher, else None."""
+        if self.config.teacher.name != "hf":
+            return None
+        from .models import resolve_model_path
+
+        return resolve_model_path(self.config.teacher.options.get("model"), self.config.paths.cache)
+
+    def tokenizer_path(self) -> str:
+        cfg = self.config
+        path = cfg.processing.tokenizer or cfg.student.path or self.teacher_model_path()
+        if path is None:
+            raise PipelineError(
+                "no tokenizer for processing: set processing.tokenizer or student.path "
+                f"(teacher '{cfg.teacher.name}' is not a local model to borrow one from)"
+            )
+        return str(path)
+
+    def loss_needs_distribution(self) -> bool:
+        from .plugins import lookup
+
+        entry = lookup("loss", self.config.loss.name)
+        loss = entry.build(**self.config.loss.options)
+        return "labels" not in tuple(getattr(loss, "signals", ("distribution",)))
+
+    def problems(self, split: str | None, path: str | None):
+        from .problems import bundled_problems, load_problems
+
+        if path:
+            problems = load_problems(path)
+            return [p for p in problems if split is None or p.split in (None, split)]
+        return bundled_problems(split)
+
+
+def _problems_fingerprint(problems) -> str:
+    blob = json.dumps([p.to_dict() for p in problems], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def _generate(ctx: RunContext) -> dict[str, Any]:
+    from .generate import generate
+
+    cfg = ctx.config
+    problems = ctx.problems(cfg.generation.split, cfg.generation.problems)
+    if not problems:
+        raise PipelineError(f"no problems for generation.split={cfg.generation.split!r}")
+    return generate(cfg, problems=problems, out=ctx.out / "trajectories.jsonl", resume=True)
+
+
+def _process(ctx: RunContext) -> dict[str, Any]:
+    from .process import process
+
+    return process(
+        ctx.config,
+        trajectories=ctx.out / "trajectories.jsonl",
+        out=ctx.out / "dataset",
+        tokenizer=ctx.tokenizer_path(),
+    )
+
+
+def _logits_enabled(ctx: RunContext) -> bool:
+    mode = ctx.config.teacher_logits.enabled
+    if mode in ("false", "off", "never"):
+        return False
+    needs = ctx.loss_needs_distribution()
+    white_box = ctx.teacher_model_path() is not None
+    if needs and not white_box:
+        raise PipelineError(
+            f"loss '{ctx.config.loss.name}' needs the teacher's distribution, but teacher "
+            f"'{ctx.config.teacher.name}' gives text only; use a labels loss (--loss ce) or a "
+            "white-box teacher (hf, or openai against SGLang with teacher_logits)"
+        )
+    return needs and (mode in ("auto", "true", "on", "always"))
+
+
+def _teacher_logits(ctx: RunContext) -> dict[str, Any]:
+    from .distill.teacher_logits import cache_teacher_logits
+
+    return cache_teacher_logits(
+        ctx.config,
+        data=ctx.out / "dataset",
+        out=ctx.out / "teacher_logits",
+        teacher=ctx.teacher_model_path(),
+    )
+
+
+def _baseline_path(ctx: RunContext) -> Path:
+    """The undistilled student: the given folder, or the one built by `student.init`."""
+    if ctx.config.student.path:
+        return Path(ctx.config.student.path)
+    baseline = ctx.out / "baseline"
+    if not (baseline / "config.json").exists():
+        from .distill.student import build_student
+
+        model, tokenizer = build_student(ctx.config, teacher_path=ctx.teacher_model_path())
+        staging = ctx.out / ".baseline-partial"
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.replace(baseline)
+    return baseline
+
+
+def _train(ctx: RunContext) -> dict[str, Any]:
+    from .distill.train import train
+
+    logits = ctx.out / "teacher_logits"
+    uses_cache = ctx.state["stages"].get("teacher-logits", {}).get("status") == "done"
+    return train(
+        ctx.config,
+        data=ctx.out / "dataset",
+        out=ctx.out / "student",
+        student=str(_baseline_path(ctx)),
+        teacher=None if uses_cache else ctx.teacher_model_path(),
+        teacher_logits=logits if uses_cache else None,
+        resume=True,
+    )
+
+
+def _eval(ctx: RunContext) -> dict[str, Any]:
+    from .evaluate import evaluate
+
+    cfg = ctx.config
+    available = {
+        "teacher": ctx.teacher_spec(),
+        "baseline": {"teacher": "hf", "options": {"model": str(_baseline_path(ctx))}},
+        "student": {"teacher": "hf", "options": {"model": str(ctx.out / "student")}},
+    }
+    unknown = [m for m in cfg.eval.models if m not in available]
+    if unknown:
+        raise PipelineError(f"eval.models: unknown {unknown}; choose from {list(available)}")
+    problems = ctx.problems(cfg.eval.split, cfg.eval.problems)
+    return evaluate(
+        cfg,
+        models={name: available[name] for name in cfg.eval.models},
+        problems=problems,
+        out=ctx.out / "eval",
+        teacher_trajectories=ctx.out / "trajectories.jsonl",
+    )
+
+
+def _report(ctx: RunContext) -> dict[str, Any]:
+    from .report import write_run_report
+
+    return write_run_report(ctx.out, ctx.state, ctx.config)
+
+
+PIPELINE = (
+    Stage("generate", ("teacher", "agent", "tools", "generation"), "trajectories.jsonl", _generate),
+    Stage("process", ("processing", "student"), "dataset", _process),
+    Stage("teacher-logits", ("teacher_logits",), "teacher_logits", _teacher_logits, _logits_enabled),
+    Stage("train", ("student", "loss", "weighting", "training"), "student", _train),
+    Stage("eval", ("eval", "agent", "tools"), "eval", _eval),
+    Stage("report", (), "report.md", _report),
+)
+
+
+def _fingerprint(ctx: RunContext, stage: Stage, upstream: list[str]) -> str:
+    parts = {
+        "sections": ctx.config.section_fingerprint(*stage.sections) if stage.sections else "",
+        "upstream": upstream,
+    }
+    if stage.name == "generate":
+        cfg = ctx.config.generation
+        parts["problems"] = _problems_fingerprint(ctx.problems(cfg.split, cfg.problems))
+    if stage.name == "eval":
+        cfg = ctx.config.eval
+        parts["problems"] = _problems_fingerprint(ctx.problems(cfg.split, cfg.problems))
+        parts["teacher"] = ctx.config.section_fingerprint("teacher")
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_pipeline(config: Config, out: Path, force: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run every enabled stage in order; returns the state (per-stage status and summaries)."""
+    unknown = [f for f in force if f not in STAGES]
+    if unknown:
+        raise PipelineError(f"--force {unknown[0]}: unknown stage; stages: {', '.join(STAGES)}")
+    out.mkdir(parents=True, exist_ok=True)
+    snapshot(config, out / "config.yaml")
+    ctx = RunContext(config, out)
+    upstream: list[str] = []
+    total = len(PIPELINE)
+    for index, stage in enumerate(PIPELINE, start=1):
+        if not stage.enabled(ctx):
+            ctx.state["stages"][stage.name] = {"status": "not needed"}
+            ctx.save_state()
+            click.secho(f"[{index}/{total}] {stage.name}: not needed", fg="bright_black")
+            continue
+        fingerprint = _fingerprint(ctx, stage, upstream)
+        previous = ctx.state["stages"].get(stage.name, {})
+        up_to_date = (
+            previous.get("status") == "done"
+            and previous.get("fingerprint") == fingerprint
+            and (out / stage.output).exists()
+            and stage.name not in force
+        )
+        if up_to_date:
+            click.secho(f"[{index}/{total}] {stage.name}: up to date, skipped", fg="green")
+        else:
+            click.secho(f"[{index}/{total}] {stage.name}", fg="cyan", bold=True)
+            if previous.get("fingerprint") not in (None, fingerprint) or stage.name in force:
+                # Inputs or settings changed: this stage's partial output is stale, start it afresh.
+                _discard(out / stage.output)
+            ctx.state["stages"][stage.name] = {"status": "running", "fingerprint": fingerprint}
+            ctx.save_state()
+            started = time.time()
+            summary = stage.run(ctx)
+            ctx.state["stages"][stage.name] = {
+                "status": "done",
+                "fingerprint": fingerprint,
+                "finished_at": time.time(),
+                "seconds": round(time.time() - started, 2),
+                "summary": summary,
+            }
+            ctx.save_state()
+        # Downstream stages depend on this output's identity, so a forced re-run cascades.
+        upstream.append(f"{fingerprint}:{ctx.state['stages'][stage.name].get('finished_at')}")
+    return ctx.state
+
+
+def _discard(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    for side in (path.with_suffix(".summary.json"),):
+        if side != path and side.exists():
+            side.unlink()
+
+
+@click.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config.")
+@click.option("--teacher", help="Teacher plugin (teacher.name).")
+@click.option("--loss", help="Loss plugin (loss.name).")
+@click.option("--weighting", help="Weighting plugin (weighting.name).")
+@click.option("--student", help="Student model folder (student.path).")
+@click.option("--out", help="Run directory (paths.out).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
+@click.option("--force", multiple=True, type=click.Choice(STAGES), help="Re-run this stage.")
+def run_command(config_path, teacher, loss, weighting, student, out, overrides, force) -> None:
+    """Run the whole pipeline: generate, process, teacher-logits, train, eval, report."""
+    from .cli import fail
+    from .config import load_config
+    from .plugins import PluginError
+
+    try:
+        config = load_config(
+            config_path,
+            overrides,
+            flags={
+                "teacher.name": teacher,
+                "loss.name": loss,
+                "weighting.name": weighting,
+                "student.path": student,
+                "paths.out": out,
+            },
+        )
+        _preflight(config)
+        run_pipeline(config, Path(config.paths.out), tuple(force))
+    except (ConfigError, PluginError, PipelineError) as exc:
+        fail(str(exc))
+    click.secho(f"Done. Report: {Path(config.paths.out) / 'report.md'}", fg="green", bold=True)
+
+
+def _preflight(config: Config) -> None:
+    """Build the cheap components first, so a typo or a missing key fails before hours of work."""
+    from .plugins import lookup
+
+    lookup("loss", config.loss.name)
+    lookup("weighting", config.weighting.name)
+    for tool in config.tools.enabled:
+        lookup("tool", tool)
+    entry = lookup("teacher", config.teacher.name)
+    try:
+        entry.build(**config.teacher.options)  # factories are cheap: models load on first use
+    except PluginError:
+        raise
+    except Exception as exc:  # e.g. a missing API key: say so in one line, no traceback
+        raise PipelineError(f"teacher '{entry.name}' (plugin {entry.plugin}): {exc}") from None
