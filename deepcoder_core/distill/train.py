@@ -756,7 +756,8 @@ def train(
         model=model,
         args=args,
         train_dataset=examples,
-        data_collator=Collator(tokenizer.pad_token_id or 0, cache),
+        # Padding is masked out; id 0 exists in every vocabulary (the tokenizer's pad may not).
+        data_collator=Collator(0, cache),
         processing_class=tokenizer,
         callbacks=callbacks,
         setup=setup,

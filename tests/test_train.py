@@ -1,0 +1,286 @@
+"""Distillation training: tiny random students on CPU, a few steps each."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepcoder_core import hookimpl, models
+from deepcoder_core.config import load_config
+from deepcoder_core.distill import train as train_module
+from deepcoder_core.distill.train import TrainError, train
+from deepcoder_core.distill.weights import DEFAULT_SPAN_WEIGHTS, span_weights
+from deepcoder_core.plugins import get_plugin_manager
+
+SMALL_VOCAB = 512
+
+
+class SpanWeighting:
+    """Default span lambdas (reasoning, action, answer: 1; prompt, observation: 0)."""
+
+    def weights(self, batch, state):
+        return span_weights(batch["span_type"], DEFAULT_SPAN_WEIGHTS)
+
+
+class TestWeightings:
+    @hookimpl
+    def register_weightings(self, register):
+        register("test_spans", SpanWeighting)
+
+
+@pytest.fixture(autouse=True)
+def _weighting_and_one_thread():
+    get_plugin_manager().add(TestWeightings(), name="test-train-weighting")
+    # Tiny models: one thread is faster, and far faster on a shared, busy CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_config(tmp_path: Path, *overrides: str, model: dict | None = None):
+    config = load_config(
+        None,
+        [
+            "loss.name=kl",
+            "weighting.name=test_spans",
+            "training.learning_rate=0.01",
+            "training.warmup_ratio=0",
+            "training.lr_scheduler=constant",
+            "training.gradient_accumulation_steps=1",
+            "training.save_steps=1000",
+            "training.report_to=[]",
+            "student.tokenizer=qwen3",
+            *overrides,
+        ],
+    )
+    config.student.init.config = model or (models.tiny_qwen3_config() | {"vocab_size": SMALL_VOCAB})
+    return config
+
+
+def random_rows(count: int, vocab: int = SMALL_VOCAB, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        n = rng.randint(20, 28)
+        types = [0] * 4 + [1] * 6 + [2] * 4 + [3] * 3 + [4] * (n - 17)
+        rows.append(
+            {
+                "input_ids": [rng.randrange(10, vocab) for _ in range(n)],
+                "attention_mask": [1] * n,
+                "span_type": types,
+                "span_confidence": [1.0] * n,
+                "trajectory_id": f"t{i}",
+                "problem_id": f"p{i % 2}",
+                "difficulty": ["easy", "medium", "hard"][i % 3],
+                "category": "math",
+                "success": True,
+            }
+        )
+    return rows
+
+
+def save_dataset(rows: list[dict], path: Path) -> Path:
+    from datasets import Dataset
+
+    Dataset.from_list(rows).save_to_disk(str(path))
+    return path
+
+
+def save_teacher(path: Path, config: dict, seed: int = 1) -> Path:
+    """A random teacher with a peaked distribution (large init), saved with the Qwen3 tokenizer."""
+    teacher = models.random_causal_lm(config | {"initializer_range": 0.5}, seed=seed)
+    teacher.save_pretrained(path)
+    models.load_tokenizer(models.qwen3_tokenizer_path()).save_pretrained(path)
+    return path
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def qwen3_example() -> dict:
+    """One ReAct trajectory tokenized with the real Qwen3 tokenizer, span types per segment."""
+    tokenizer = models.load_tokenizer(models.qwen3_tokenizer_path())
+    segments = [
+        (0, "<|im_start|>user\nWrite add(a, b).<|im_end|>\n<|im_start|>assistant\n"),
+        (1, "Thought: adding two numbers is one expression; test it first.\n"),
+        (2, "Action: python\n```python\nprint(1 + 2)\n```\n"),
+        (3, "Observation: 3\n"),
+        (4, "Final Answer:\n```python\ndef add(a, b):\n    return a + b\n```<|im_end|>"),
+    ]
+    ids, types = [], []
+    for span, text in segments:
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        types += [span] * len(piece)
+    return {
+        "input_ids": ids,
+        "attention_mask": [1] * len(ids),
+        "span_type": types,
+        "span_confidence": [1.0] * len(ids),
+        "trajectory_id": "t0",
+        "problem_id": "add",
+        "difficulty": "easy",
+        "category": "math",
+        "success": True,
+    }
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_qwen3_student_loss_falls_on_fixed_batch(tmp_path, moe):
+    student = models.tiny_qwen3_config(moe=moe)
+    data = save_dataset([qwen3_example()], tmp_path / "data")
+    teacher = save_teacher(tmp_path / "teacher", models.tiny_qwen3_config())
+    config = make_config(tmp_path, "training.max_steps=30", "training.batch_size=1", model=student)
+    out = tmp_path / "run"
+    summary = train(config, data=data, out=out, teacher=str(teacher), progress=False)
+
+    records = metrics(out)
+    assert [r["step"] for r in records] == list(range(1, 31))
+    assert summary["signal"] == "online" and summary["moe"] is moe
+    for span in ("reasoning", "action", "answer"):
+        first, last = records[0][f"loss/{span}"], records[-1][f"loss/{span}"]
+        assert last < 0.5 * first, (span, first, last)
+    assert "loss/observation" not in records[0]  # weight 0: no loss on tool output
+    assert records[-1]["tokens_per_second"] > 0
+    if moe:
+        assert all(r["moe/aux_loss"] > 0 for r in records)
+        assert len(records[-1]["expert_load"]) == student["num_experts"]
+        assert sum(records[-1]["expert_load"]) == pytest.approx(1.0, abs=1e-3)
+        assert (out / "plots" / "expert_load.png").exists()
+    assert (out / "plots" / "loss_by_span.png").stat().st_size > 1000
+    assert (out / "config.yaml").exists()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 30
+    reloaded = models.load_causal_lm(out / "student")
+    assert reloaded.config.model_type == student["model_type"]
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
+    data = save_dataset(random_rows(4), tmp_path / "data")
+    teacher = save_teacher(tmp_path / "teacher", models.tiny_qwen3_config() | {"vocab_size": 512})
+    overrides = ("training.max_steps=6", "training.save_steps=3", "training.lr_scheduler=cosine")
+    whole = tmp_path / "whole"
+    train(
+        make_config(tmp_path, *overrides),
+        data=data,
+        out=whole,
+        teacher=str(teacher),
+        progress=False,
+    )
+
+    trainer_class = train_module._trainer_classes()[0]
+    original = trainer_class.end_window
+
+    def interrupt_at_step_4(self):
+        if self.state.global_step == 4:
+            raise KeyboardInterrupt
+        original(self)
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(trainer_class, "end_window", interrupt_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            make_config(tmp_path, *overrides),
+            data=data,
+            out=cut,
+            teacher=str(teacher),
+            progress=False,
+        )
+    assert (cut / "checkpoints" / "checkpoint-3").is_dir()
+    assert [r["step"] for r in metrics(cut)] == [1, 2, 3]
+    monkeypatch.setattr(trainer_class, "end_window", original)
+    config = make_config(tmp_path, *overrides)
+    train(config, data=data, out=cut, teacher=str(teacher), resume=True, progress=False)
+
+    expected, resumed = metrics(whole), metrics(cut)
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    for a, b in zip(expected, resumed, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-7)
+        assert b["loss/reasoning"] == pytest.approx(a["loss/reasoning"], rel=1e-5, abs=1e-7)
+
+
+def test_gradient_accumulation_split_does_not_change_losses(tmp_path):
+    data = save_dataset(random_rows(4), tmp_path / "data")
+    teacher = save_teacher(tmp_path / "teacher", models.tiny_qwen3_config() | {"vocab_size": 512})
+    runs = {}
+    for batch, accumulation in [(2, 1), (1, 2)]:
+        config = make_config(
+            tmp_path,
+            "training.max_steps=3",
+            f"training.batch_size={batch}",
+            f"training.gradient_accumulation_steps={accumulation}",
+        )
+        out = tmp_path / f"b{batch}"
+        train(config, data=data, out=out, teacher=str(teacher), progress=False)
+        runs[batch] = [r["loss"] for r in metrics(out)]
+    assert runs[1] == pytest.approx(runs[2], rel=1e-4)
+
+
+def test_labels_only_signal_trains_without_teacher(tmp_path):
+    data = save_dataset(random_rows(1), tmp_path / "data")
+    config = make_config(tmp_path, "loss.name=ce", "training.max_steps=15")
+    summary = train(config, data=data, out=tmp_path / "run", progress=False)
+    assert summary["signal"] == "labels" and summary["teacher"] is None
+    assert summary["loss"]["last"] < 0.5 * summary["loss"]["first"]
+
+
+def test_lora_saves_only_adapters_which_reload_and_merge(tmp_path):
+    from peft import PeftModel
+
+    from deepcoder_core.distill.student import merge_lora
+
+    data = save_dataset(random_rows(2), tmp_path / "data")
+    teacher = save_teacher(tmp_path / "teacher", models.tiny_qwen3_config() | {"vocab_size": 512})
+    config = make_config(
+        tmp_path, "training.max_steps=3", "student.lora.enabled=true", "student.lora.r=4"
+    )
+    out = tmp_path / "run"
+    summary = train(config, data=data, out=out, teacher=str(teacher), progress=False)
+    assert summary["trainable_parameters"] < summary["parameters"] / 2
+    files = {p.name for p in (out / "student").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert "model.safetensors" not in files
+    base_path = json.loads((out / "student" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"
+    ]
+    assert Path(base_path) == (out / "student-base").resolve()
+
+    ids = torch.tensor([random_rows(1, seed=5)[0]["input_ids"]])
+    adapted = PeftModel.from_pretrained(models.load_causal_lm(base_path), str(out / "student"))
+    base_logits = models.load_causal_lm(base_path)(ids).logits
+    adapted_logits = adapted(ids).logits
+    assert not torch.allclose(base_logits, adapted_logits)  # the adapters learned something
+    merged = models.load_causal_lm(merge_lora(out / "student", tmp_path / "merged"))
+    torch.testing.assert_close(merged(ids).logits, adapted_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_different_tokenizer_needs_a_vocab_agnostic_loss(tmp_path):
+    data = save_dataset(random_rows(1), tmp_path / "data")
+    teacher = tmp_path / "teacher"
+    models.random_causal_lm(models.tiny_qwen3_config() | {"vocab_size": 512}).save_pretrained(
+        teacher
+    )
+    other = models.load_tokenizer(models.qwen3_tokenizer_path())
+    other.add_tokens(["<extra_token_for_the_test>"])
+    other.save_pretrained(teacher)
+    config = make_config(tmp_path, "training.max_steps=1")
+    with pytest.raises(TrainError, match="tokenizer .* differs .* loss 'kl'"):
+        train(config, data=data, out=tmp_path / "run", teacher=str(teacher), progress=False)
+
+
+def test_train_command_reports_a_missing_dataset_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from deepcoder_core.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 2
+    assert "no processed dataset here" in result.output
+    assert "Traceback" not in result.output
