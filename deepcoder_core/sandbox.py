@@ -485,14 +485,22 @@ class _WorkerLost(Exception):
     pass
 
 
+# The parent's import path travels as an argument: -I and the empty environment drop PYTHONPATH.
+_BOOT = (
+    "import json, sys; sys.path.extend(p for p in json.loads(sys.argv[2]) if p not in sys.path); "
+    "from deepcoder_core.sandbox import serve; serve()"
+)
+
+
 class _Worker:
     def __init__(self, preload: list[str], start_timeout: float = 30.0):
         command = [
             sys.executable,
             "-I",
             "-c",
-            "from deepcoder_core.sandbox import serve; serve()",
+            _BOOT,
             json.dumps(preload),
+            json.dumps([os.path.abspath(p) for p in sys.path if p]),  # '' (the cwd) left out
         ]
         self.proc = subprocess.Popen(
             command,
@@ -502,6 +510,7 @@ class _Worker:
             env={},
             start_new_session=True,
             close_fds=True,
+            cwd="/",
         )
         self.pid = self.proc.pid
         self.reader = _Reader(self.proc.stdout.fileno())
