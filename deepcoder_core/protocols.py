@@ -133,10 +133,20 @@ class Loss(Protocol):
     """A per-token divergence between teacher and student next-token distributions.
 
     ``signals``: the teacher signals the loss can use, any of ``"distribution"`` (dense
-    logits, or sparse top-k the engine completes with a tail bucket), ``"labels"`` (the
-    teacher's tokens only). The engine handles chunking, temperature, masking, weighting
-    and reduction; the loss sees float32 log-probabilities over one support of size K and
-    returns one value per token ``[n]``.
+    logits, or sparse top-k the engine completes with one tail bucket), ``"labels"`` (the
+    teacher's tokens only, given to the loss as a one-hot distribution). The engine
+    (:func:`deepcoder_core.distill.engine.distill_loss`) handles chunking, the fused LM head,
+    temperature, masking, weighting, reduction and metrics; the loss sees float32 (float64
+    under gradcheck) log-probabilities ``[n, K]`` over one support and returns ``[n]``.
+
+    Optional attributes, detected with ``getattr``:
+    ``name`` (shown in errors and metrics);
+    ``vocab_agnostic = True``: the loss compares distributions over different supports, so the
+    teacher's vocabulary size may differ from the student's (``teacher_logp`` is ``[n, K']``);
+    ``value_and_grad(student_logp, teacher_logp, *scratch) -> (values [n], grad [n, K])``:
+    an in-place fast path for dense supports; ``grad`` is d sum(values) / d student logits
+    (through the log-softmax). The engine hands over its buffers, which the method may
+    overwrite, plus ``scratch_buffers`` (int, default 1) spare buffers of the same shape.
     """
 
     signals: tuple[str, ...]
@@ -161,9 +171,12 @@ class TrainingState:
 class Weighting(Protocol):
     """Per-token weights ``[n]`` from span types and training state.
 
-    ``batch`` holds per-token tensors ``span_type`` and ``span_confidence`` and per-token
-    broadcasts of example fields such as ``difficulty`` (0 easy, 1 medium, 2 hard).
-    Optional ``observe(metrics, state)`` receives per-span metrics after each step.
+    ``batch`` holds per-token tensors ``span_type`` and, when known, ``span_confidence`` and
+    per-token broadcasts of example fields such as ``difficulty`` (0 easy, 1 medium, 2 hard).
+    Weights are 0 on prompt (0) and observation (3) tokens unless the strategy's options say
+    otherwise. Optional methods: ``observe(metrics, state)`` receives the engine's per-span
+    metrics after each optimizer step; ``order(examples) -> list[int]`` gives an example
+    order for the trainer (the curriculum strategy's easy-to-hard ordering).
     """
 
     def weights(self, batch: dict[str, torch.Tensor], state: TrainingState) -> torch.Tensor: ...

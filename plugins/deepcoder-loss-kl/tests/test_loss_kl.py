@@ -1,0 +1,35 @@
+import deepcoder_loss_kl
+import torch
+
+from deepcoder_core.plugins import PluginManager
+
+
+def build(**options):
+    manager = PluginManager()
+    manager.add(deepcoder_loss_kl, name="deepcoder-loss-kl")
+    return manager.build("loss", "kl", **options)
+
+
+P = torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]], dtype=torch.float64)
+Q = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]], dtype=torch.float64)
+
+
+def test_kl_matches_the_formula():
+    expected = (P * (P / Q).log()).sum(-1)
+    assert torch.allclose(build()(Q.log(), P.log()), expected)
+    assert torch.allclose(build()(P.log(), P.log()), torch.zeros(2, dtype=torch.float64))
+
+
+def test_fast_path_equals_autograd():
+    loss = build()
+    student = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(4, 7, dtype=torch.float64).log_softmax(-1)
+    values = loss(student.log_softmax(-1), teacher)
+    (grad,) = torch.autograd.grad(values.sum(), student)
+    buffers = [
+        torch.empty(4, 7, dtype=torch.float64) for _ in range(getattr(loss, "scratch_buffers", 1))
+    ]
+    fast, fast_grad = loss.value_and_grad(
+        student.detach().log_softmax(-1), teacher.clone(), *buffers
+    )
+    assert torch.allclose(fast, values) and torch.allclose(fast_grad, grad)
