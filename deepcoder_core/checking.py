@@ -26,7 +26,14 @@ import ast
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .sandbox import SandboxPool, SandboxRequest, get_pool, register_source, short_traceback
+from .sandbox import (
+    SandboxError,
+    SandboxPool,
+    SandboxRequest,
+    get_pool,
+    register_source,
+    short_traceback,
+)
 
 if TYPE_CHECKING:
     from .problems import Problem
@@ -177,7 +184,10 @@ def check_solution(
         runner=CHECK_RUNNER,
         payload={"code": code, "tests": problem.tests, "entry_point": problem.entry_point},
     )
-    result = (pool or get_pool()).run(request, timeout=timeout)
+    try:
+        result = (pool or get_pool()).run(request, timeout=timeout)
+    except SandboxError as exc:  # recorded like any other failure; the caller goes on
+        return CheckResult(0, static_total, f"sandbox unavailable: {exc}")
     if result.status != "ok" or "passed" not in result.data:
         return CheckResult(0, static_total, result.error or f"check ended with {result.status}")
     return CheckResult(result.data["passed"], result.data["total"], result.data.get("first_error"))

@@ -581,6 +581,7 @@ class SandboxPool:
         self.size = size
         self.limits = limits or Limits()
         self.preload = list(preload)
+        self.grace = _GRACE
         self.replaced = 0
         self.requests = 0
         self._idle: queue.Queue[_Worker] = queue.Queue()
@@ -630,8 +631,12 @@ class SandboxPool:
             if self._closed:
                 raise SandboxError("the sandbox pool is closed")
             with self._lock:
-                if not self._workers:
-                    raise SandboxError(f"no sandbox worker is running ({self._last_error})")
+                empty = not self._workers
+            if empty:  # every replacement failed so far: one more try, then give up
+                self._spawn_into_pool()
+                with self._lock:
+                    if not self._workers:
+                        raise SandboxError(f"no sandbox worker is running ({self._last_error})")
             try:
                 return self._idle.get(timeout=0.5)
             except queue.Empty:
@@ -661,7 +666,7 @@ class SandboxPool:
             self.requests += 1
         started = time.monotonic()
         try:
-            response = worker.request(message, started + timeout + _GRACE)
+            response = worker.request(message, started + timeout + self.grace)
         except _WorkerLost as exc:
             self._replace(worker)
             if self._closed:

@@ -159,3 +159,10 @@ def test_humaneval_format(pool):
         assert result.success and result.total >= 3, (record["task_id"], result)
         stub = record["prompt"] + "    return None\n"
         assert not check_solution(p, stub, pool=pool).success
+
+
+def test_closed_pool_is_a_recorded_error_not_an_exception():
+    closed = SandboxPool(size=1)
+    closed.close()
+    result = check_solution(problem(CHECK_TESTS), "def double(x):\n    return 2 * x", pool=closed)
+    assert result == CheckResult(0, 3, "sandbox unavailable: the sandbox pool is closed")

@@ -158,6 +158,20 @@ def test_dead_worker_is_replaced(pool):
     assert pool.stats()["replaced"] >= 2
 
 
+def test_hung_worker_is_killed_with_its_group_and_replaced(pool):
+    pool.grace = 0.3
+    try:
+        stopped = pool.worker_pids
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)  # a worker that never answers
+        results = [pool.run("1", timeout=0.2) for _ in range(2)]
+    finally:
+        pool.grace = 5.0
+    assert all(r.status == "crashed" and "stopped answering" in r.error for r in results)
+    assert _group_members(set(stopped)) == []
+    assert len(pool.worker_pids) == 2 and pool.run("2", timeout=5).data["value"] == "2"
+
+
 def test_thread_safe_under_concurrency(pool):
     results = {}
 

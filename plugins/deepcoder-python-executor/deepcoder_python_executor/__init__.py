@@ -23,7 +23,7 @@ from typing import Any
 
 from deepcoder_core import hookimpl
 from deepcoder_core.protocols import Observation
-from deepcoder_core.sandbox import Limits, SandboxPool, SandboxRequest, get_pool
+from deepcoder_core.sandbox import Limits, SandboxError, SandboxPool, SandboxRequest, get_pool
 
 RUNNER = "deepcoder_python_executor.restricted:run_cell"
 _ALLOWED = (
@@ -75,7 +75,12 @@ class PythonTool:
             },
             limits=self.limits,
         )
-        result = (self._pool or get_pool()).run(request, timeout=timeout)
+        try:
+            result = (self._pool or get_pool()).run(request, timeout=timeout)
+        except SandboxError as exc:  # the pool, not the code, failed: an observation all the same
+            return Observation(
+                f"sandbox unavailable: {exc}", ok=False, meta={"status": "unavailable"}
+            )
         if result.ok and session is not None:
             with self._lock:
                 self._sessions.setdefault(session, []).append(input)

@@ -194,3 +194,11 @@ def test_cli_tools_run_errors_are_one_line(tmp_path):
     assert result.exit_code == 2 and "memory_mb" in result.output
     result = runner.invoke(cli, ["tools", "run", "python", "-o", "novalue", "-"], input="1")
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_unavailable_sandbox_is_an_observation_not_an_exception():
+    closed = SandboxPool(size=1)
+    closed.close()
+    observation = PythonTool(pool=closed).run("1")
+    assert not observation.ok and observation.meta == {"status": "unavailable"}
+    assert observation.text == "sandbox unavailable: the sandbox pool is closed"
