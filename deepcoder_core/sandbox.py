@@ -30,8 +30,10 @@ called in the child as ``function(payload: dict, limits: dict) -> dict``. The bu
 last expression (REPL-like). ``deepcoder_core.checking`` and the ``python`` tool plugin bring
 their own runners.
 
-Limitation: limits and isolation protect the host, not a verdict computed inside the child:
-code under test shares the child with the runner that counts its asserts.
+Linux only (``/proc``, ``prctl``, ``RLIMIT_AS`` semantics). Limitations: limits and isolation
+protect the host, not a verdict computed inside the child (code under test shares the child
+with the runner that counts its asserts); and when not run as root, the child keeps the
+parent's uid, so ordinary (unrestricted) code can read what that user can read.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ class SandboxResult:
 
 
 def _send(fd: int, message: dict[str, Any]) -> None:
-    data = json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    data = json.dumps(message, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
     data = _HEADER.pack(len(data)) + data
     view = memoryview(data)
     while view:
@@ -457,7 +459,7 @@ def serve() -> None:
     preload = json.loads(sys.argv[1]) if len(sys.argv) > 1 else []
     for name in [*PRELOAD, *preload]:
         try:
-            importlib.import_module(name)
+            importlib.import_module(name.partition(":")[0])
         except ImportError:
             pass
     runners: dict[str, Any] = {}
