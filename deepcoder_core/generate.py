@@ -275,6 +275,7 @@ def _run_concurrent(
                 run.fail(_teacher_error_text(exc))
                 break
             run.advance(completion)
+        run.finish()  # checks the answer here, in the agent's thread, not the writer's
         return run
 
     with ThreadPoolExecutor(max_workers=gen.concurrency, thread_name_prefix="agent") as pool:

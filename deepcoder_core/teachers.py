@@ -84,13 +84,18 @@ class TeacherStats:
 def split_thinking(text: str) -> tuple[str | None, str]:
     """``"<think>plan</think>answer"`` -> ``("plan", "answer")``; text without a block -> ``(None, text)``.
 
-    An unclosed ``<think>`` (a reply cut by max_tokens) counts as thinking to the end.
+    An unclosed ``<think>`` (a reply cut by max_tokens) counts as thinking to the end; a
+    ``</think>`` with no opening tag (the chat template already wrote ``<think>`` into the
+    prompt, as Qwen3 thinking models and DeepSeek-R1 do) closes thinking that began the reply.
     """
+    close = text.find("</think>")
+    if close != -1 and "<think>" not in text[:close]:
+        return text[:close].strip() or None, text[close + len("</think>") :].lstrip()
     blocks = THINK.findall(text)
     if not blocks:
         return None, text
     rest = THINK.sub("", text).lstrip()
-    return "\n".join(b.strip() for b in blocks), rest
+    return "\n".join(b.strip() for b in blocks if b.strip()) or None, rest
 
 
 def cut_at_stop(text: str, stop: list[str] | tuple[str, ...] | None) -> tuple[str, bool]:

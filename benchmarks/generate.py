@@ -1,0 +1,177 @@
+"""Generation throughput, printed as JSON.
+
+1. Remote schedule: a local OpenAI-compatible server (stdlib, 127.0.0.1) answers every chat
+   call after 200 ms. 64 trajectories of 3 steps at concurrency 16 through the real
+   ``openai`` teacher and generator, against the ideal 64 x 3 x 0.2 s / 16 (target: within
+   1.3x) and against the same run at concurrency 1 (sequential baseline). Every reply is an
+   Action, so each trajectory makes exactly 3 calls and ends at ``max_steps``.
+2. Local schedule: the ``hf`` teacher (SmolLM2-135M-Instruct, the offline default) writes the
+   first step of 8 agents through one ``complete_batch`` call versus the same 8 chats one
+   after another; completion tokens per second (target: at least 3x).
+
+Run under the shared CPU lock: ``flock /tmp/deepcoder-cpu.lock python benchmarks/generate.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+LATENCY = 0.2
+
+
+class SlowOpenAI(BaseHTTPRequestHandler):
+    """``POST /v1/chat/completions``: waits LATENCY seconds, then replies with a ReAct Action."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed ACK
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        time.sleep(LATENCY)
+        step = sum(m["role"] == "assistant" for m in body["messages"])
+        text = f"Thought: step {step}, check an idea\nAction: python\nAction Input: print({step})"
+        reply = {
+            "id": f"c{step}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+            "usage": {"prompt_tokens": 200, "completion_tokens": 20, "total_tokens": 220},
+        }
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def remote(trajectories: int, steps: int, concurrency: int) -> dict:
+    from deepcoder_core.config import load_config
+    from deepcoder_core.generate import generate
+    from deepcoder_core.problems import bundled_problems
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowOpenAI)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    problems = bundled_problems()
+    per_problem = -(-trajectories // len(problems))
+    results = {}
+    try:
+        for label, workers in (("concurrent", concurrency), ("sequential", 1)):
+            config = load_config(
+                overrides=[
+                    "teacher.name=openai",
+                    f"teacher.options={{base_url: '{base_url}', model: bench}}",
+                    "tools.enabled=[]",  # the observation is immediate: the teacher is the cost
+                    f"agent.max_steps={steps}",
+                    f"generation.samples_per_problem={per_problem}",
+                    f"generation.concurrency={workers}",
+                ]
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "t.jsonl"
+                subset = problems[: trajectories // per_problem]
+                start = time.perf_counter()
+                summary = generate(config, problems=subset, out=out, progress=False)
+                seconds = time.perf_counter() - start
+            calls = summary["trajectories"] * steps
+            ideal = calls * LATENCY / workers
+            results[label] = {
+                "trajectories": summary["trajectories"],
+                "calls": calls,
+                "concurrency": workers,
+                "seconds": round(seconds, 3),
+                "ideal_seconds": round(ideal, 3),
+                "ratio_to_ideal": round(seconds / ideal, 3),
+                "retries": summary["retries"],
+            }
+    finally:
+        server.shutdown()
+        server.server_close()
+    concurrent, sequential = results["concurrent"], results["sequential"]
+    return {
+        "latency_per_call_s": LATENCY,
+        **results,
+        "speedup_vs_sequential": round(
+            (sequential["seconds"] / sequential["trajectories"])
+            / (concurrent["seconds"] / concurrent["trajectories"]),
+            2,
+        ),
+        "target_ratio_to_ideal": 1.3,
+        "meets_target": concurrent["ratio_to_ideal"] <= 1.3,
+    }
+
+
+def local(agents: int, max_new_tokens: int) -> dict:
+    import torch
+
+    from deepcoder_core.agent import STOP, AgentRun
+    from deepcoder_core.config import AgentConfig
+    from deepcoder_core.plugins import build
+    from deepcoder_core.problems import bundled_problems
+
+    teacher = build("teacher", "hf")
+    chats = [AgentRun(p, {}, {}, AgentConfig()).messages for p in bundled_problems()[:agents]]
+    params = {"temperature": 0, "max_new_tokens": max_new_tokens, "stop": list(STOP)}
+    teacher.complete(chats[0], **{**params, "max_new_tokens": 4})  # load and warm up
+
+    def timed(fn):
+        start = time.perf_counter()
+        completions = fn()
+        seconds = time.perf_counter() - start
+        tokens = sum(c.usage.completion_tokens for c in completions)
+        return {
+            "seconds": round(seconds, 3),
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+        }
+
+    batched = timed(lambda: teacher.complete_batch(chats, **params))
+    one_by_one = timed(lambda: [teacher.complete(c, **params) for c in chats])
+    return {
+        "model": teacher.model,
+        "agents": agents,
+        "max_new_tokens": max_new_tokens,
+        "torch_threads": torch.get_num_threads(),
+        "complete_batch": batched,
+        "one_after_another": one_by_one,
+        "speedup": round(batched["tokens_per_s"] / one_by_one["tokens_per_s"], 2),
+        "target_speedup": 3.0,
+        "meets_target": batched["tokens_per_s"] >= 3.0 * one_by_one["tokens_per_s"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trajectories", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--agents", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--skip-local", action="store_true", help="Only the remote schedule.")
+    args = parser.parse_args()
+    report = {"remote": remote(args.trajectories, args.steps, args.concurrency)}
+    if not args.skip_local:
+        report["local_hf"] = local(args.agents, args.max_new_tokens)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
