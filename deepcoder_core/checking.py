@@ -17,7 +17,9 @@ Partial credit: every ``assert`` statement of the tests is rewritten (``ast``) i
 so one failing assert (or a candidate that raises) does not hide the others, and
 top-level statements run one at a time. ``passed`` counts asserts that held, ``total`` the
 asserts executed, at least the number of assert statements in the source (asserts never
-reached, e.g. after a crash or in a loop that did not run, count as failed).
+reached, e.g. after a crash or in a loop that did not run, count as failed). The counts
+are reported as progress while the tests run, so a candidate that hangs on its fifth
+assert is still credited with the four before it (the hanging one counts as failed).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .sandbox import (
     SandboxRequest,
     get_pool,
     register_source,
+    report_progress,
     short_traceback,
 )
 
@@ -111,9 +114,11 @@ def run_check(payload: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]
     def passed() -> None:
         counts["passed"] += 1
         counts["executed"] += 1
+        report_progress(counts)
 
     def failed(exc: BaseException, line: int) -> None:
         counts["executed"] += 1
+        report_progress(counts)
         if errors:
             return
         if isinstance(exc, AssertionError):
@@ -189,5 +194,8 @@ def check_solution(
     except SandboxError as exc:  # recorded like any other failure; the caller goes on
         return CheckResult(0, static_total, f"sandbox unavailable: {exc}")
     if result.status != "ok" or "passed" not in result.data:
-        return CheckResult(0, static_total, result.error or f"check ended with {result.status}")
+        error = result.error or f"check ended with {result.status}"
+        progress = result.data.get("progress") or {}  # asserts decided before the child died
+        passed, executed = progress.get("passed", 0), progress.get("executed", 0)
+        return CheckResult(passed, max(static_total, executed + 1), error)
     return CheckResult(result.data["passed"], result.data["total"], result.data.get("first_error"))

@@ -41,6 +41,7 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import mmap
 import os
 import queue
 import select
@@ -64,6 +65,8 @@ __all__ = [
     "SandboxResult",
     "close_pool",
     "get_pool",
+    "register_source",
+    "report_progress",
     "short_traceback",
 ]
 
@@ -252,6 +255,33 @@ def short_traceback(exc: BaseException, filenames: Iterable[str], max_frames: in
     return "".join(lines).rstrip()
 
 
+_progress: Any = None  # in the child: the page shared with its worker (mmap, MAP_SHARED)
+_PROGRESS_BYTES = 1 << 16
+
+
+def report_progress(data: dict[str, Any]) -> None:
+    """From a runner: record partial results (JSON-able, small). If the child is then killed
+    (timeout, limit) the last record comes back as ``data["progress"]``. Costs a memory write,
+    no system call: the page is shared with the worker, which reads it after the child ends."""
+    if _progress is None:
+        return
+    body = json.dumps(data).encode()
+    if len(body) <= _PROGRESS_BYTES - _HEADER.size:
+        _progress[: _HEADER.size] = _HEADER.pack(0)  # torn while writing: reads as empty
+        _progress[_HEADER.size : _HEADER.size + len(body)] = body
+        _progress[: _HEADER.size] = _HEADER.pack(len(body))
+
+
+def _read_progress(page: Any) -> dict[str, Any] | None:
+    (size,) = _HEADER.unpack_from(page)
+    if not 0 < size <= _PROGRESS_BYTES - _HEADER.size:
+        return None
+    try:
+        return json.loads(page[_HEADER.size : _HEADER.size + size])
+    except ValueError:
+        return None
+
+
 def register_source(filename: str, source: str) -> None:
     """Make ``source`` known to ``linecache`` so tracebacks show the user's lines."""
     import linecache
@@ -300,7 +330,9 @@ def _set_limits(limits: dict[str, Any]) -> None:
         resource.setrlimit(which, (soft, hard))
 
 
-def _child(result_fd: int, workdir: str, runner: Any, request: dict[str, Any], prctl: Any) -> None:
+def _child(
+    result_fd: int, workdir: str, runner: Any, request: dict[str, Any], prctl: Any, progress: Any
+) -> None:
     """Runs in the forked child: isolate, limit, run, write the result, exit."""
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -322,6 +354,8 @@ def _child(result_fd: int, workdir: str, runner: Any, request: dict[str, Any], p
             1, signal.SIGKILL
         )  # PR_SET_PDEATHSIG: die with the worker (set after setuid, which clears it)
     os.environ.clear()
+    global _progress
+    _progress = progress
     out = _CappedText(limits["max_output_chars"])
     sys.stdout = sys.stderr = out
     sys.stdin = open(os.devnull)  # noqa: SIM115 -- the child exits right after
@@ -365,7 +399,9 @@ def _load_prctl() -> Any:
         return None
 
 
-def _run_one(request: dict[str, Any], control: _Reader, runners: dict, prctl: Any) -> dict | None:
+def _run_one(
+    request: dict[str, Any], control: _Reader, runners: dict, prctl: Any, page: Any
+) -> dict | None:
     """Fork a child for ``request``; the response, or None when the parent went away."""
     import shutil
     import tempfile
@@ -378,13 +414,14 @@ def _run_one(request: dict[str, Any], control: _Reader, runners: dict, prctl: An
     workdir = tempfile.mkdtemp(prefix="deepcoder-sandbox-")
     if os.geteuid() == 0:
         os.chown(workdir, NOBODY, NOBODY)
+    page[: _HEADER.size] = _HEADER.pack(0)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
             os.close(read_fd)
-            _child(write_fd, workdir, runner, request, prctl)
+            _child(write_fd, workdir, runner, request, prctl, page)
         except BaseException:
             code = 70
         finally:
@@ -422,28 +459,28 @@ def _run_one(request: dict[str, Any], control: _Reader, runners: dict, prctl: An
     if parent_gone:
         return None
     duration = time.monotonic() - start
+    if message is not None and status is None:
+        message["duration"] = duration
+        return message
+    progress = _read_progress(page)
+    extra = (
+        {"duration": duration} if progress is None else {"duration": duration, "progress": progress}
+    )
     if status == "timeout":
         return {
             "status": "timeout",
             "error": f"timed out after {request['timeout']:g} s (wall clock)",
-            "duration": duration,
+            **extra,
         }
-    if message is not None:
-        message["duration"] = duration
-        return message
     if os.WIFSIGNALED(wait_status):
         sig = os.WTERMSIG(wait_status)
         meaning = _SIGNAL_MEANING.get(sig, f"killed by signal {signal.Signals(sig).name}")
         if sig == signal.SIGXCPU:
             meaning += f" ({request['limits']['cpu_seconds']} s)"
-        return {"status": "killed", "error": meaning, "duration": duration}
+        return {"status": "killed", "error": meaning, **extra}
     code = os.WEXITSTATUS(wait_status) if os.WIFEXITED(wait_status) else -1
     reason = "result too large" if status == "crashed" else f"exited with code {code}"
-    return {
-        "status": "crashed",
-        "error": f"the code ended without a result ({reason})",
-        "duration": duration,
-    }
+    return {"status": "crashed", "error": f"the code ended without a result ({reason})", **extra}
 
 
 def serve() -> None:
@@ -467,6 +504,7 @@ def serve() -> None:
         if ":" in name:
             _resolve(name, runners)
     prctl = _load_prctl()
+    page = mmap.mmap(-1, _PROGRESS_BYTES)  # anonymous and shared: children inherit it
     os.environ.clear()
     control = _Reader(control_fd)
     _send(reply_fd, {"ready": True, "pid": os.getpid()})
@@ -474,7 +512,7 @@ def serve() -> None:
         request = control.read(None)
         if request is None:
             return
-        response = _run_one(request, control, runners, prctl)
+        response = _run_one(request, control, runners, prctl, page)
         if response is None:
             return
         _send(reply_fd, response)

@@ -97,6 +97,16 @@ def test_broken_candidates(pool, code, message):
     assert message in result.error
 
 
+def test_partial_credit_survives_a_timeout(pool):
+    code = "def double(x):\n    while x < 0:\n        pass\n    return 2 * x"
+    result = check_solution(problem(CHECK_TESTS), code, timeout=0.5, pool=pool)
+    assert result == CheckResult(2, 3, "timed out after 0.5 s (wall clock)")
+    loop = "def check(candidate):\n    for i in range(10):\n        assert candidate(i) == 2 * i\n"
+    hang = "def double(x):\n    while x == 7:\n        pass\n    return 2 * x"
+    result = check_solution(problem(loop), hang, timeout=0.5, pool=pool)
+    assert (result.passed, result.total) == (7, 8)
+
+
 def test_timeout_and_exit_inside_the_candidate(pool):
     slow = check_solution(
         problem(CHECK_TESTS),
