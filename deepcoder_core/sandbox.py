@@ -28,7 +28,8 @@ A request names a *runner*, ``"module:function"`` of trusted code importable in 
 called in the child as ``function(payload: dict, limits: dict) -> dict``. The built-in
 ``exec`` runner executes ``payload["code"]`` as ordinary Python and reports the repr of a
 last expression (REPL-like). ``deepcoder_core.checking`` and the ``python`` tool plugin bring
-their own runners.
+their own runners. A runner may call ``report_progress(dict)``: the record lands in a page
+of memory shared with the worker, so partial results survive a child killed mid-way.
 
 Linux only (``/proc``, ``prctl``, ``RLIMIT_AS`` semantics). Limitations: limits and isolation
 protect the host, not a verdict computed inside the child (code under test shares the child
