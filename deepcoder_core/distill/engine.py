@@ -163,11 +163,9 @@ def _distill_function():
 
         @staticmethod
         def backward(ctx, grad_output):
-            grads, ctx.grads = ctx.grads, None
-            if grads is None:
-                raise RuntimeError("distill_loss: backward called twice on one loss")
+            # grads stay on ctx (retain_graph, gradcheck); the graph's release frees them
             scale = float(grad_output)
-            scaled = tuple(g if g is None or scale == 1.0 else g * scale for g in grads)
+            scaled = [g if g is None or scale == 1.0 else g * scale for g in ctx.grads]
             return scaled[0], scaled[1], None
 
     return DistillFunction
@@ -464,6 +462,11 @@ class _Run:
         }
         if self.mode == "dense":
             ws["teacher"] = torch.empty(rows, self.teacher_vocab, dtype=self.dtype)
+            ws["teacher_scratch"] = (
+                ws["scratch"]
+                if self.teacher_vocab == self.vocab
+                else torch.empty(rows, self.teacher_vocab, dtype=self.dtype)
+            )
             fast = getattr(self.loss_fn, "value_and_grad", None)
             if fast is not None and self.teacher_vocab == self.vocab:
                 extra = max(0, int(getattr(self.loss_fn, "scratch_buffers", 1)) - 1)
@@ -507,7 +510,7 @@ class _Run:
             self._logits(self.teacher_a, self.teacher_b, idx, teacher)
         if self.temperature != 1.0:
             teacher.div_(self.temperature)
-        t_arg = log_softmax_(teacher, scratch)
+        t_arg = log_softmax_(teacher, ws["teacher_scratch"][:n])
         if "spare" in ws:
             s_arg = log_softmax_(student, scratch)
             spare = [buf[:n] for buf in ws["spare"]]
