@@ -328,6 +328,9 @@ def _set_limits(limits: dict[str, Any]) -> None:
         (resource.RLIMIT_NPROC, 0, 0),
     ]
     for which, soft, hard in wanted:
+        _, ceiling = resource.getrlimit(which)
+        if ceiling != resource.RLIM_INFINITY:  # an unprivileged child cannot raise a hard limit
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
         resource.setrlimit(which, (soft, hard))
 
 
