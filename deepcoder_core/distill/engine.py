@@ -23,6 +23,7 @@ dense result. Labels are the k = 1 case with probability 1.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,13 +144,15 @@ def distill_loss(
     inputs = (run.student_a, run.student_b)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if needs_grad:
-        loss = _DistillFunction.apply(run.student_a, run.student_b, run)
+        loss = _distill_function().apply(run.student_a, run.student_b, run)
     else:
         loss = run.forward(need_grad=False)[0]
     return DistillOutput(loss=loss, metrics=run.metrics)
 
 
+@functools.cache
 def _distill_function():
+    """The autograd.Function, built on first use (torch is not imported at module load)."""
     import torch
 
     class DistillFunction(torch.autograd.Function):
@@ -169,20 +172,6 @@ def _distill_function():
             return scaled[0], scaled[1], None
 
     return DistillFunction
-
-
-class _LazyFunction:
-    """Builds the autograd.Function class on first use (torch is not imported at module load)."""
-
-    _cls = None
-
-    def apply(self, *args):
-        if self._cls is None:
-            type(self)._cls = _distill_function()
-        return self._cls.apply(*args)
-
-
-_DistillFunction = _LazyFunction()
 
 
 def _flat(x, name, dims):
@@ -515,8 +504,9 @@ class _Run:
             s_arg = log_softmax_(student, scratch)
             spare = [buf[:n] for buf in ws["spare"]]
             values, grad = self.loss_fn.value_and_grad(student, teacher, scratch, *spare)
-            grad.mul_(row_scale.unsqueeze(1))
-            return values, grad if need_grad else None, s_arg, t_arg
+            if not need_grad:
+                return values, None, s_arg, t_arg
+            return values, grad.mul_(row_scale.unsqueeze(1)), s_arg, t_arg
         s_arg = student.argmax(dim=-1)
         with torch.enable_grad():
             logits = student.detach().requires_grad_(need_grad)
