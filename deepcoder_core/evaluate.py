@@ -795,12 +795,15 @@ def model_specs(
             raise EvalError(f"two models are named '{name}'; name them with NAME=...")
         specs[name] = spec
 
+    # Local models run like the configured hf teacher: same device, dtype and batch size.
+    hf_options = config.teacher.options if config.teacher.name == "hf" else {}
+    runtime = {k: v for k, v in hf_options.items() if k in ("device", "dtype", "max_batch_size")}
     for item in local:
         name, path = _split_named(item)
         name = name or Path(path).name or path
         if path.lower() not in ("smollm2", "default") and not Path(path).expanduser().exists():
             raise EvalError(f"--model {item}: folder {path} does not exist")
-        options: dict[str, Any] = {"model": path}
+        options: dict[str, Any] = {"model": path, **runtime}
         if thinking is not None:
             options["chat_template_kwargs"] = {"enable_thinking": thinking}
         add(name, {"teacher": "hf", "options": options})

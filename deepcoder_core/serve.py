@@ -506,13 +506,14 @@ def start_server(
         path.unlink(missing_ok=True)
         raise
     if watch:
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "deepcoder_core.serve", "--supervise", str(path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with open(log, "a", encoding="utf-8") as output:  # a supervisor failure shows in `logs`
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "deepcoder_core.serve", "--supervise", str(path)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         state["watch_pid"] = supervisor.pid
         atomic_write_json(path, state)
     return state

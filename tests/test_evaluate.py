@@ -411,3 +411,42 @@ def test_eval_cli_errors_are_one_line(config, tmp_path):
     assert "does not exist" in result.output
     result = runner.invoke(cli, ["eval", "--teacher", "scripted", "--k", "1,x"])
     assert "--k 1,x: expected comma-separated integers" in result.output
+
+
+def test_model_specs_from_flags(tmp_path, httpserver):
+    from deepcoder_core.evaluate import model_specs
+
+    httpserver.expect_request("/v1/models").respond_with_json({"data": [{"id": "qwen3-student"}]})
+    config = load_config(
+        None, ["teacher.options={model: t, device: cuda, dtype: bfloat16}"], environ={}
+    )
+    folder = tmp_path / "student"
+    folder.mkdir()
+    url = httpserver.url_for("/")
+    specs = model_specs(config, [f"distilled={folder}", str(folder)], [url], ["hf"], True)
+    assert specs["distilled"] == {
+        "teacher": "hf",
+        "options": {
+            "model": str(folder),
+            "device": "cuda",
+            "dtype": "bfloat16",
+            "chat_template_kwargs": {"enable_thinking": True},
+        },
+    }
+    assert specs["student"]["options"]["model"] == str(folder)
+    assert specs["server"] == {
+        "teacher": "openai",
+        "options": {
+            "base_url": url.rstrip("/") + "/v1",
+            "model": "qwen3-student",
+            "chat_template_kwargs": {"enable_thinking": True},
+        },
+    }
+    assert specs["hf"] == {
+        "teacher": "hf",
+        "options": {"model": "t", "device": "cuda", "dtype": "bfloat16"},
+    }
+    with pytest.raises(EvalError, match="two models are named 'student'"):
+        model_specs(config, [str(folder), f"student={folder}"], [], [], None)
+    with pytest.raises(EvalError, match="no answer from"):
+        model_specs(config, [], ["http://127.0.0.1:9/v1"], [], None)
