@@ -222,3 +222,39 @@ def test_limiter_follows_remaining_headers_down():
     assert limiter.acquire(1050) == pytest.approx(1000 / 1000, rel=0.01)  # 1000 tokens at 1000/s
     limiter.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2m"})
     assert limiter.acquire(1) >= 120.0
+
+
+def test_deepcoder_generate_with_groq(httpserver, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from deepcoder_core.cli import cli
+    from deepcoder_core.io import read_jsonl
+
+    monkeypatch.setenv("GROQ_API_KEY", KEY)
+    answer = "Thought: easy\nFinal Answer:\n```python\ndef f():\n    return 1\n```"
+    httpserver.expect_request(PATH, method="POST").respond_with_handler(
+        Script(ok(chat_body(answer, reasoning="think first")))
+    )
+    out = tmp_path / "t.jsonl"
+    args = [
+        "generate",
+        "--teacher",
+        "groq",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        f"teacher.options.base_url={httpserver.url_for('/')}",
+        "--set",
+        "tools.enabled=[]",
+        "--set",
+        "generation.split=eval",
+        "--concurrency",
+        "4",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    records = [r for _, r in read_jsonl(out)]
+    assert records and all(r["teacher"]["plugin"] == "groq" for r in records)
+    assert all(r["steps"][0]["reasoning"] == "think first" for r in records)
+    assert KEY not in out.read_text() and KEY not in out.with_suffix(".config.yaml").read_text()
