@@ -153,13 +153,22 @@ def _rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def _available_gb():
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) / 1024**2
+
+
 def run_case(case, n, chunk, cap_gb, timeout):
+    # never let one case push the shared machine into the kernel's OOM killer
+    cap_gb = round(min(cap_gb, _available_gb() - 1.5), 1)
+
     def limit():
         cap = int(cap_gb * 1024**3)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     cmd = [sys.executable, __file__, "--child", case, "--n", str(n), "--chunk-size", str(chunk)]
-    result = {"case": case, "n": n}
+    result = {"case": case, "n": n, "mem_cap_gb": cap_gb}
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, preexec_fn=limit, timeout=timeout

@@ -30,8 +30,10 @@ class Adaptive:
 
         entropy = -(teacher_logp.exp() * teacher_logp).sum(-1) / math.log(teacher_logp.shape[-1])
         t = (self.t_min + (self.t_max - self.t_min) * (1.0 - entropy.clamp(0, 1))).detach()
-        soften = lambda logp: (logp / t.unsqueeze(-1)).log_softmax(-1)  # noqa: E731
-        return t**2 * self.base(soften(student_logp), soften(teacher_logp))
+        student, teacher = (
+            (x / t.unsqueeze(-1)).log_softmax(-1) for x in (student_logp, teacher_logp)
+        )
+        return t**2 * self.base(student, teacher)
 
 
 @hookimpl

@@ -7,6 +7,8 @@ Agent Distillation for Large Language Model"): one lambda per span type,
 prompt and observation 0); ``lambdas`` overrides any of them.
 """
 
+from functools import partial
+
 from deepcoder_core import hookimpl
 from deepcoder_core.distill.weights import span_lambdas, span_weights
 
@@ -31,5 +33,4 @@ class SpanLambda:
 @hookimpl
 def register_weightings(register):
     for preset, lambdas in PRESETS.items():
-        factory = lambda _p=preset, **options: SpanLambda(_p, **options)  # noqa: E731
-        register(preset, factory, description=f"span lambdas {lambdas}")
+        register(preset, partial(SpanLambda, preset), description=f"span lambdas {lambdas}")
