@@ -414,3 +414,27 @@ def test_real_transformers_serve_tiny_qwen3(tmp_path, states):
         for line in listing.splitlines()
         if line.split()[0] == str(new["pgid"]) and not line.split()[1].startswith("Z")
     ] == []
+
+
+def test_logs_follow_ends_when_the_server_stops(fake, tmp_path):
+    import threading
+
+    spec = fake()
+    directory = tmp_path / "cache" / "servers"
+    state = start_server(spec, directory, timeout=20)
+
+    def later():
+        time.sleep(0.5)
+        health("127.0.0.1", spec.port)  # a new log line while following
+        time.sleep(0.3)
+        stop_server(state_path(directory, spec.port), grace=2.0)
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    result = CliRunner().invoke(
+        cli, ["server", "logs", "-n", "1", "-f", "--set", f"paths.cache={tmp_path / 'cache'}"]
+    )
+    thread.join()
+    assert result.exit_code == 0, result.output
+    assert "request /health" in result.output.splitlines()[-1]
+    assert not pid_alive(state["pid"])
