@@ -53,10 +53,27 @@ Observation: the tool's result (written for you; never write it yourself)
 
 Thought/Action/Action Input/Observation may repeat. When you are sure of the solution, write:
 
-Thought: I know the solution
+Thought: why the solution is correct
 Final Answer:
 ```python
-# the complete solution: the function with any imports it needs
+the complete solution: the function with any imports it needs
+```{example}"""
+"""The ReAct prompt (Yao et al. 2023); ``{example}`` becomes a worked example, as in the
+paper's few-shot prompts, when the python tool is enabled."""
+
+EXAMPLE = """
+
+Example (for a different problem):
+
+Thought: I should check what str.split does without arguments.
+Action: python
+Action Input: print("a  b ".split())
+Observation: ['a', 'b']
+Thought: split() drops empty strings, so counting its items counts the words.
+Final Answer:
+```python
+def count_words(s):
+    return len(s.split())
 ```"""
 
 FORMAT_HINT = (
@@ -402,13 +419,19 @@ def _find_tool_calls(raw: Any, depth: int = 0) -> list[Any] | None:
 
 
 def system_prompt(tools: dict[str, Tool], template: str | None = None) -> str:
-    """The ReAct system prompt; a custom template may use ``{tools}`` and ``{tool_names}``."""
+    """The ReAct system prompt; a custom template may use ``{tools}``, ``{tool_names}`` and
+    ``{example}``."""
     listing = "\n".join(
         f"- {name}: {getattr(tool, 'description', '')}" for name, tool in tools.items()
     )
     names = ", ".join(tools) or "none"
     template = template or DEFAULT_SYSTEM_PROMPT
-    return template.replace("{tools}", listing or "(none)").replace("{tool_names}", names)
+    example = EXAMPLE if "python" in tools else ""
+    return (
+        template.replace("{tools}", listing or "(none)")
+        .replace("{tool_names}", names)
+        .replace("{example}", example)
+    )
 
 
 def problem_message(problem: Problem) -> str:

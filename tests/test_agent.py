@@ -164,6 +164,9 @@ def test_system_prompt_describes_tools_and_format():
     for word in ("Thought:", "Action:", "Action Input:", "Observation:", "Final Answer:"):
         assert word in system["content"]
     assert "[echo]" in system["content"]
+    assert "Example" not in system["content"]  # the worked example uses the python tool
+    with_python = AgentRun(PROBLEM, {}, {"python": EchoTool()}, CONFIG).messages[0]["content"]
+    assert "Example (for a different problem)" in with_python
     assert PROBLEM.prompt in user["content"] and "`reverse_words`" in user["content"]
     custom = AgentConfig(system_prompt="Tools: {tool_names}\n{tools}")
     assert AgentRun(PROBLEM, {}, {"echo": EchoTool()}, custom).messages[0]["content"] == (
