@@ -96,7 +96,7 @@ class Problem:
             raise ProblemError(f"{where}: id {pid!r} must not contain whitespace")
         where = f"{where}: problem '{pid}'"
         schema = d.get("schema", SCHEMA)
-        if schema != SCHEMA:
+        if type(schema) is not int or schema != SCHEMA:
             raise ProblemError(f"{where}: schema {schema!r} is not supported (expected {SCHEMA})")
         if d["difficulty"] not in DIFFICULTIES:
             raise ProblemError(

@@ -243,10 +243,12 @@ class Retriever:
         return self.cache_dir / "retriever" / self.fingerprint()
 
     def load(self) -> None:
-        """Load the cached index for the current sources, building it first if needed."""
+        """Load the cached index for the current sources, building it first if needed (once)."""
         import bm25s
 
         with self._lock:
+            if self._bm25 is not None:
+                return  # another thread loaded it while this one waited
             path = self.index_path
             if not (path / "passages.json").exists():
                 self._build(path)

@@ -94,3 +94,23 @@ def test_bad_options_fail_clearly(tmp_path):
 
 def test_tokenize_splits_snake_case_and_drops_stopwords():
     assert tokenize("The bisect_left of a list") == ["bisect_left", "bisect", "left", "list"]
+
+
+def test_concurrent_first_queries_build_one_index(tmp_path):
+    import threading
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Sliding windows keep a running sum.\n\nTries store prefixes.\n")
+    retriever = Retriever(docs_dirs=[str(docs)], include_stdlib=False, cache_dir=str(tmp_path))
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(retriever.run("prefix tries", timeout=5)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.meta["results"][0]["source"] for r in results] == ["docs/a.txt#1"] * 4
+    assert [p.name for p in (tmp_path / "retriever").iterdir()] == [retriever.index_path.name]
