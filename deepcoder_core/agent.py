@@ -17,6 +17,7 @@ the teacher, and at the end a recorded error.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import threading
@@ -224,7 +225,7 @@ def code_blocks(text: str) -> list[str]:
 
 def extract_code(text: str, entry_point: str | None = None) -> str | None:
     """The solution code of a final answer: the fenced block defining ``entry_point`` (else the
-    last block), or the bare text when it parses as Python."""
+    last block), or the bare text when it is Python that defines something."""
     blocks = [b for b in code_blocks(text) if b.strip()]
     if blocks:
         if entry_point:
@@ -233,13 +234,13 @@ def extract_code(text: str, entry_point: str | None = None) -> str | None:
                 return defining[-1]
         return blocks[-1]
     bare = text.strip()
-    if not bare:
-        return None
     try:
-        compile(bare, "<answer>", "exec")
+        tree = ast.parse(bare)
     except (SyntaxError, ValueError):
         return None
-    return bare
+    # prose that happens to parse ("hello", "done.") is not code: it must define something
+    defines = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.Import)
+    return bare if any(isinstance(node, defines) for node in tree.body) else None
 
 
 def _json_action(text: str) -> dict[str, Any] | None:

@@ -365,6 +365,7 @@ def test_parse_final_answer_forms():
         entry_point="f",
     )
     assert step.code == "def f():\n    return 2"  # the block defining the entry point
+    assert parse_step("Final Answer: done").code is None  # parses as Python, defines nothing
     step = parse_step("Final Answer: I cannot solve it.")
     assert step.final_answer == "I cannot solve it." and step.code is None
     assert step.error == "the Final Answer has no python code"
