@@ -471,3 +471,24 @@ def test_fallback_prefers_python_code_that_defines_the_entry_point():
     assert record["final_answer"].startswith("def reverse_words")
     if _checking_available():
         assert record["success"] is True
+
+
+def test_random_fragments_never_raise():
+    import random
+
+    fragments = [
+        "Thought:", "Action:", "Action Input:", "Observation:", "Final Answer:", "<think>",
+        "</think>", "```", "```python\n", "```json\n", "{", "}", '"', "\n", " python", " echo",
+        '{"action": "echo", "action_input": 1}', '{"name": "x", "arguments": "{"}', "<tool_call>",
+        "def reverse_words(s):\n    return s\n", "**", "\x00", "Action 2:", "FINAL ANSWER:",
+    ]  # fmt: skip
+    rng = random.Random(0)
+    tools = {"echo": EchoTool()}
+    for _ in range(400):
+        text = "".join(rng.choice(fragments) for _ in range(rng.randint(0, 12)))
+        step = parse_step(text, reasoning=rng.choice([None, "", "r"]))
+        assert step.action is None or set(step.action) == {"tool", "input"}
+        run = AgentRun(PROBLEM, {}, tools, CONFIG)
+        run.advance(text)
+        assert run.error is None, (text, run.error)  # no internal failure, only format hints
+        assert len(run.steps) == 1
