@@ -444,3 +444,17 @@ def test_a_third_party_divergence_gets_the_engine_for_free(tmp_path, monkeypatch
     torch.testing.assert_close(out.loss, ref)
     torch.testing.assert_close(h.grad, h2.grad)
     assert out.metrics["tokens"] == N  # every weighted token, prompt included
+
+
+def test_a_trainers_autocast_does_not_lower_the_engines_precision():
+    loss_fn = build("loss", "kl")
+    hidden, head, teacher, span = make(14)
+    plain = distill_loss(
+        loss_fn, span_type=span, student_logits=(hidden, head), teacher_logits=teacher
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = distill_loss(
+            loss_fn, span_type=span, student_logits=(hidden, head), teacher_logits=teacher
+        )
+    assert cast.loss.dtype == torch.float32
+    torch.testing.assert_close(cast.loss, plain.loss)

@@ -238,6 +238,7 @@ class _Run:
             vocab = self.student_a.shape[1]
         self.vocab = vocab
         self.dtype = torch.float64 if self.student_a.dtype == torch.float64 else torch.float32
+        self.device = device = self.student_a.device
         n = self.student_a.shape[0]
 
         span_type = _flat(span_type, "span_type", 1)
@@ -246,14 +247,14 @@ class _Run:
                 f"span_type must have one entry per position ({n}), got "
                 f"{None if span_type is None else tuple(span_type.shape)}"
             )
-        self.span_type = span_type.long()
+        self.span_type = span_type.long().to(device)
 
         self._pick_teacher(teacher_logits, teacher_topk, labels, n)
 
         coef = (
             span_weights(self.span_type, DEFAULT_SPAN_WEIGHTS)
             if weights is None
-            else _flat(weights, "weights", 1).to(torch.float64)
+            else _flat(weights, "weights", 1).to(device, torch.float64)
         )
         if coef.shape[0] != n:
             raise DistillError(f"weights must be [N] = [{n}], got {tuple(coef.shape)}")
@@ -264,7 +265,7 @@ class _Run:
             mask = _flat(mask, "mask", 1)
             if mask.shape[0] != n:
                 raise DistillError(f"mask must be [N] = [{n}], got {tuple(mask.shape)}")
-            coef = coef * mask.to(torch.float64)
+            coef = coef * mask.to(device, torch.float64)
         if self.labels is not None:
             coef = coef * (self.labels != -100).to(torch.float64)
         self.coef = coef
@@ -302,7 +303,7 @@ class _Run:
                 self._dense_teacher(teacher_logits, n)
         else:
             self.mode = "sparse"
-            self.labels = _flat(labels, "labels", 1).long()
+            self.labels = _flat(labels, "labels", 1).long().to(self.device)
             if self.labels.shape[0] != n:
                 raise DistillError(f"labels must be [N] = [{n}], got {tuple(self.labels.shape)}")
             ids = self.labels.clamp_min(0)
@@ -310,7 +311,7 @@ class _Run:
                 raise DistillError(f"labels hold ids >= the student vocabulary size {self.vocab}")
             import torch
 
-            zeros = torch.zeros(n, 1, dtype=self.dtype)
+            zeros = torch.zeros(n, 1, dtype=self.dtype, device=self.device)
             self.topk = TopK(ids.unsqueeze(1), zeros, zeros.view(n))
             self.sources["labels"] = self.labels
 
@@ -343,9 +344,9 @@ class _Run:
     def _topk(self, topk, n):
         import torch
 
-        indices = topk.indices.reshape(-1, topk.indices.shape[-1]).long()
-        logprobs = topk.logprobs.reshape(indices.shape)
-        tail = topk.tail_mass.reshape(-1)
+        indices = topk.indices.reshape(-1, topk.indices.shape[-1]).long().to(self.device)
+        logprobs = topk.logprobs.reshape(indices.shape).to(self.device)
+        tail = topk.tail_mass.reshape(-1).to(self.device)
         if indices.shape[0] != n or tail.shape[0] != n:
             raise DistillError(
                 f"teacher_topk has {indices.shape[0]} positions, the student {n}: align them first"
@@ -382,20 +383,25 @@ class _Run:
         """Returns (loss, (grad_student_a, grad_student_b) or None)."""
         import torch
 
+        # the engine chooses its own precision (float32 accumulation); a trainer's autocast must not
+        with torch.autocast(self.device.type, enabled=False):
+            return self._forward(need_grad)
+
+    def _forward(self, need_grad: bool):
+        import torch
+
         dtype, active = self.dtype, self.active
         n_active = active.numel()
         grad_a = grad_b = None
         need_a = need_grad and self.student_a.requires_grad
         need_b = need_grad and self.student_b is not None and self.student_b.requires_grad
         if need_a:
-            grad_a = torch.zeros(self.student_a.shape, dtype=self._grad_dtype(self.student_a))
+            grad_a = torch.zeros_like(self.student_a, dtype=self._grad_dtype(self.student_a))
         if need_b:
-            grad_b = torch.zeros(self.student_b.shape, dtype=dtype)
+            grad_b = torch.zeros_like(self.student_b, dtype=dtype)
         spans = len(SPAN_NAMES)
-        div_sum = torch.zeros(spans, dtype=torch.float64)
-        agree = torch.zeros(spans, dtype=torch.float64)
-        count = torch.zeros(spans, dtype=torch.float64)
-        total = torch.zeros((), dtype=torch.float64)
+        div_sum, agree, count = torch.zeros(3, spans, dtype=torch.float64, device=self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         coef = self.coef.clone()
         skipped = 0
 
@@ -446,21 +452,24 @@ class _Run:
         import torch
 
         ws = {
-            "student": torch.empty(rows, self.vocab, dtype=self.dtype),
-            "scratch": torch.empty(rows, self.vocab, dtype=self.dtype),
+            "student": torch.empty(rows, self.vocab, dtype=self.dtype, device=self.device),
+            "scratch": torch.empty(rows, self.vocab, dtype=self.dtype, device=self.device),
         }
         if self.mode == "dense":
-            ws["teacher"] = torch.empty(rows, self.teacher_vocab, dtype=self.dtype)
+            ws["teacher"] = torch.empty(
+                rows, self.teacher_vocab, dtype=self.dtype, device=self.device
+            )
             ws["teacher_scratch"] = (
                 ws["scratch"]
                 if self.teacher_vocab == self.vocab
-                else torch.empty(rows, self.teacher_vocab, dtype=self.dtype)
+                else torch.empty(rows, self.teacher_vocab, dtype=self.dtype, device=self.device)
             )
             fast = getattr(self.loss_fn, "value_and_grad", None)
             if fast is not None and self.teacher_vocab == self.vocab:
                 extra = max(0, int(getattr(self.loss_fn, "scratch_buffers", 1)) - 1)
                 ws["spare"] = [
-                    torch.empty(rows, self.vocab, dtype=self.dtype) for _ in range(extra)
+                    torch.empty(rows, self.vocab, dtype=self.dtype, device=self.device)
+                    for _ in range(extra)
                 ]
         return ws
 
@@ -587,7 +596,7 @@ class _Run:
             rows = tensor.index_select(0, positions).reshape(positions.numel(), -1)
             found = ~torch.isfinite(rows).all(dim=-1)
             if found.any():
-                where = torch.zeros(self.coef.shape[0], dtype=torch.bool)
+                where = torch.zeros(self.coef.shape[0], dtype=torch.bool, device=self.device)
                 where[positions[found]] = True
                 return _nonfinite_message(name, where)
         first = int(positions[0])

@@ -44,5 +44,7 @@ def span_weights(span_type, lambdas: Mapping[int, float]):
     span_type = span_type.long()
     if span_type.numel() and (span_type.min() < 0 or span_type.max() >= len(SPAN_NAMES)):
         raise ValueError(f"span_type values must be 0-{len(SPAN_NAMES) - 1} (SpanType)")
-    table = torch.tensor([lambdas.get(i, 0.0) for i in range(len(SPAN_NAMES))])
+    table = torch.tensor(
+        [lambdas.get(i, 0.0) for i in range(len(SPAN_NAMES))], device=span_type.device
+    )
     return table[span_type]
