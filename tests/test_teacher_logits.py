@@ -18,7 +18,6 @@ from deepcoder_core.distill.train import train
 
 from .test_train import (
     SMALL_VOCAB,
-    TestWeightings,
     make_config,
     metrics,
     random_rows,
@@ -28,10 +27,7 @@ from .test_train import (
 
 
 @pytest.fixture(autouse=True)
-def _weighting_and_one_thread():
-    from deepcoder_core.plugins import get_plugin_manager
-
-    get_plugin_manager().add(TestWeightings(), name="test-train-weighting")
+def _one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

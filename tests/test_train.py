@@ -9,32 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepcoder_core import hookimpl, models
+from deepcoder_core import models
 from deepcoder_core.config import load_config
 from deepcoder_core.distill import train as train_module
 from deepcoder_core.distill.train import TrainError, train
-from deepcoder_core.distill.weights import DEFAULT_SPAN_WEIGHTS, span_weights
-from deepcoder_core.plugins import get_plugin_manager
 
 SMALL_VOCAB = 512
 
 
-class SpanWeighting:
-    """Default span lambdas (reasoning, action, answer: 1; prompt, observation: 0)."""
-
-    def weights(self, batch, state):
-        return span_weights(batch["span_type"], DEFAULT_SPAN_WEIGHTS)
-
-
-class TestWeightings:
-    @hookimpl
-    def register_weightings(self, register):
-        register("test_spans", SpanWeighting)
-
-
 @pytest.fixture(autouse=True)
-def _weighting_and_one_thread():
-    get_plugin_manager().add(TestWeightings(), name="test-train-weighting")
+def _one_thread():
     # Tiny models: one thread is faster, and far faster on a shared, busy CPU.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -47,7 +31,7 @@ def make_config(tmp_path: Path, *overrides: str, model: dict | None = None):
         None,
         [
             "loss.name=kl",
-            "weighting.name=test_spans",
+            "weighting.name=uniform",
             "training.learning_rate=0.01",
             "training.warmup_ratio=0",
             "training.lr_scheduler=constant",
@@ -271,6 +255,39 @@ def test_different_tokenizer_needs_a_vocab_agnostic_loss(tmp_path):
     config = make_config(tmp_path, "training.max_steps=1")
     with pytest.raises(TrainError, match="tokenizer .* differs .* loss 'kl'"):
         train(config, data=data, out=tmp_path / "run", teacher=str(teacher), progress=False)
+
+
+def test_other_tokenizer_aligns_token_boundaries_for_a_vocab_agnostic_loss(tmp_path):
+    from deepcoder_core.distill.train import TokenAligner
+
+    smol = models.load_tokenizer(models.default_teacher_path())
+    qwen = models.load_tokenizer(models.qwen3_tokenizer_path())
+    row = qwen3_example()
+    pairs = TokenAligner(qwen, smol)([row], len(row["input_ids"]))
+    aligned = pairs["aligned"][0]
+    assert aligned.float().mean() > 0.6  # most boundaries are shared
+    teacher_ids = pairs["teacher_input_ids"][0].tolist()
+    for i in torch.nonzero(aligned).view(-1).tolist()[:20]:
+        # Both sides predict the same next piece of text.
+        student_next = qwen.decode(row["input_ids"][i + 1 : i + 2])
+        teacher_next = smol.decode(teacher_ids[pairs["teacher_pos"][0, i] + 1])
+        assert student_next.startswith(teacher_next) or teacher_next.startswith(student_next)
+
+    teacher = tmp_path / "teacher"
+    small = models.tiny_qwen3_config() | {"vocab_size": len(smol), "initializer_range": 0.5}
+    models.random_causal_lm(small, seed=3).save_pretrained(teacher)
+    smol.save_pretrained(teacher)
+    data = save_dataset([row], tmp_path / "data")
+    config = make_config(
+        tmp_path, "loss.name=wasserstein", "training.max_steps=2", model=models.tiny_qwen3_config()
+    )
+    with pytest.warns(UserWarning, match="tokenizer differs"):
+        summary = train(
+            config, data=data, out=tmp_path / "run", teacher=str(teacher), progress=False
+        )
+    assert summary["signal"] == "aligned"
+    first = metrics(tmp_path / "run")[0]
+    assert 0 < first["tokens/reasoning"] <= row["span_type"].count(1)
 
 
 def test_train_command_reports_a_missing_dataset_in_one_line(tmp_path):

@@ -13,6 +13,7 @@ adapters, and ``deepcoder merge-lora`` folds them back into a plain model folder
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,24 @@ from ..config import Config
 
 LORA_BASE_DIR = "student-base"
 """Where a LoRA run keeps the base weights when the base is not a folder on disk already."""
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer of a folder, loaded once per process while the folder is unchanged."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        from .. import models
+
+        return models.load_tokenizer(path)
+    stamp = max((f.stat().st_mtime_ns for f in folder.iterdir() if f.is_file()), default=0)
+    return _tokenizer_at(str(folder.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer_at(path: str, stamp: int) -> Any:
+    from .. import models
+
+    return models.load_tokenizer(path)
 
 
 def teacher_model_path(config: Config, teacher_path: str | Path | None = None) -> str:
@@ -68,7 +87,7 @@ def build_student(config: Config, *, teacher_path: str | Path | None = None) -> 
         )
     if tokenizer_source in {"qwen3", "Qwen3"}:
         tokenizer_source = str(models.qwen3_tokenizer_path())
-    tokenizer = models.load_tokenizer(tokenizer_source)
+    tokenizer = load_tokenizer(tokenizer_source)
     configure_moe(model, section.router_aux_loss_coef)
     model.train()
     return model, tokenizer

@@ -81,8 +81,13 @@ def dataset_fingerprint(dataset: Any) -> str:
 
 def vocab_hash(tokenizer: Any) -> str:
     """A hash of the token -> id map: equal hashes mean the same vocabulary."""
+    cached = getattr(tokenizer, "_deepcoder_vocab_hash", None)
+    if cached is not None:
+        return cached
     items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
+    tokenizer._deepcoder_vocab_hash = digest  # tokenizers are loaded once per folder (cached)
+    return digest
 
 
 def model_folder_hash(path: str | Path) -> str:
@@ -188,7 +193,9 @@ def _local_teacher(path: str, device: str, dtype: str) -> WhiteBoxTeacher:
     model = models.load_causal_lm(path, dtype=dtype, device=device)
     model.requires_grad_(False)
     identity = {"name": "hf", "model": path, "hash": model_folder_hash(path)}
-    return WhiteBoxTeacher(model, models.load_tokenizer(path), identity)
+    from .student import load_tokenizer
+
+    return WhiteBoxTeacher(model, load_tokenizer(path), identity)
 
 
 def _wrap_plugin(plugin: Any, model_name: str, name: str) -> WhiteBoxTeacher | ScoringTeacher:

@@ -89,6 +89,7 @@ class Collator:
 
     pad_id: int
     cache: TeacherLogitsCache | None = None
+    aligner: TokenAligner | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -126,13 +127,76 @@ class Collator:
                 out["topk_indices"][i, :n] = indices.long()
                 out["topk_logprobs"][i, :n] = logprobs
                 out["topk_tail"][i, :n] = tail
+        if self.aligner is not None:
+            out.update(self.aligner(rows, length))
         return out
 
 
+class TokenAligner:
+    """Pairs student and teacher positions when the two tokenizers differ.
+
+    A student position ``i`` (predicting token ``i+1``) is paired with the teacher position
+    ``j`` whose next token starts at the same character of the decoded text; positions
+    without such a boundary are left out. Used with vocabulary-agnostic losses, which
+    compare the two next-token distributions without a shared vocabulary (the Universal
+    Logit Distillation setting, Boizard et al. 2024, "Towards Cross-Tokenizer Distillation").
+    """
+
+    def __init__(self, student_tokenizer: Any, teacher_tokenizer: Any) -> None:
+        self.student = student_tokenizer
+        self.teacher = teacher_tokenizer
+        self.teacher_pad = 0
+
+    def starts(self, ids: list[int]) -> list[int] | None:
+        """Character offset where each student token starts, or None if it does not round-trip."""
+        text = self.student.decode(ids, skip_special_tokens=False)
+        encoded = self.student(text, add_special_tokens=False, return_offsets_mapping=True)
+        if encoded["input_ids"] != list(ids):
+            return None
+        return [start for start, _ in encoded["offset_mapping"]]
+
+    def __call__(self, rows: list[dict[str, Any]], length: int) -> dict[str, Any]:
+        import torch
+
+        texts, student_starts = [], []
+        for row in rows:
+            ids = list(row["input_ids"])
+            student_starts.append(self.starts(ids))
+            texts.append(self.student.decode(ids, skip_special_tokens=False))
+        encoded = [
+            self.teacher(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts
+        ]
+        teacher_length = max(1, *(len(e["input_ids"]) for e in encoded))
+        batch = len(rows)
+        teacher_ids = torch.full((batch, teacher_length), self.teacher_pad, dtype=torch.long)
+        teacher_mask = torch.zeros(batch, teacher_length, dtype=torch.long)
+        aligned = torch.zeros(batch, length - 1, dtype=torch.bool)
+        teacher_pos = torch.zeros(batch, length - 1, dtype=torch.long)
+        for b, (enc, starts) in enumerate(zip(encoded, student_starts, strict=True)):
+            n = len(enc["input_ids"])
+            teacher_ids[b, :n] = torch.tensor(enc["input_ids"], dtype=torch.long)
+            teacher_mask[b, :n] = 1
+            if starts is None:
+                continue  # the row does not decode back to its own tokens: no trusted offsets
+            token_at = {start: u for u, (start, _) in enumerate(enc["offset_mapping"]) if u > 0}
+            for i in range(len(starts) - 1):
+                u = token_at.get(starts[i + 1])
+                if u is not None:
+                    aligned[b, i] = True
+                    teacher_pos[b, i] = u - 1
+        return {
+            "teacher_input_ids": teacher_ids,
+            "teacher_attention_mask": teacher_mask,
+            "aligned": aligned,
+            "teacher_pos": teacher_pos,
+        }
+
+
 def positions(inputs: dict[str, Any]) -> Any:
-    """``[B, L-1]`` bool: position ``i`` predicts a real token ``i+1``."""
+    """``[B, L-1]`` bool: position ``i`` predicts a real token ``i+1`` (and has a teacher twin)."""
     mask = inputs["attention_mask"].bool()
-    return mask[:, 1:] & mask[:, :-1]
+    keep = mask[:, 1:] & mask[:, :-1]
+    return keep & inputs["aligned"] if "aligned" in inputs else keep
 
 
 def token_batch(inputs: dict[str, Any], keep: Any) -> dict[str, Any]:
@@ -158,7 +222,7 @@ class Setup:
     config: Config
     loss_fn: Any
     weighting: Any
-    signal: str  # "online" | "topk" | "labels"
+    signal: str  # "online" | "aligned" (online, other tokenizer) | "topk" | "labels"
     teacher: WhiteBoxTeacher | None = None
     width: int | None = None  # logits columns both sides share (vocabulary padding differs)
     ce_fn: Any = None  # cross-entropy on the teacher's tokens when loss.ce_weight > 0
@@ -212,10 +276,13 @@ def resolve_signal(
                 f"student's, and loss '{name}' needs one vocabulary; use a vocabulary-agnostic "
                 "loss or a student with the teacher's tokenizer"
             )
-        raise TrainError(
-            "teacher and student tokenizers differ: token positions cannot be aligned online; "
-            "process the trajectories with the student's tokenizer and distil with --loss ce"
+        warnings.warn(
+            f"the teacher's tokenizer differs from the student's: loss '{name}' compares the "
+            "two vocabularies' distributions at positions where both tokenizations share a "
+            "token boundary; other positions get no loss",
+            stacklevel=2,
         )
+        return "aligned", resolved, None, student_width
     width = min(resolved.vocab_size, student_width)
     if resolved.vocab_size != student_width:
         warnings.warn(
@@ -280,6 +347,7 @@ def _trainer_classes() -> tuple[type, type, type]:
             self.window_experts: Any = None
             self.since_log_experts: Any = None
             self.last_log_time = time.perf_counter()
+            self.teacher_seconds = 0.0  # spent in the online teacher's forward since the last log
             self.expert_history: list[list[float]] = []
 
         # -------------------------------------------------------------- normaliser
@@ -372,12 +440,24 @@ def _trainer_classes() -> tuple[type, type, type]:
                         setup.width,
                     )
                 }
+            started = time.perf_counter()
             teacher = setup.teacher
-            hidden = teacher.hidden_states(inputs["input_ids"], inputs["attention_mask"])
-            hidden = hidden[:, :-1][keep.to(hidden.device)]
-            weight = teacher.model.get_output_embeddings().weight[: setup.width]
+            if setup.signal == "aligned":
+                hidden = teacher.hidden_states(
+                    inputs["teacher_input_ids"], inputs["teacher_attention_mask"]
+                )
+                rows = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)
+                hidden = hidden[rows[keep], inputs["teacher_pos"][keep]]
+                weight = teacher.model.get_output_embeddings().weight
+            else:
+                hidden = teacher.hidden_states(inputs["input_ids"], inputs["attention_mask"])
+                hidden = hidden[:, :-1][keep.to(hidden.device)]
+                weight = teacher.model.get_output_embeddings().weight[: setup.width]
             device = inputs["input_ids"].device
-            return {"hidden": (hidden.to(device), weight.to(device))}
+            signal = {"hidden": (hidden.to(device), weight.to(device))}
+            # The engine projects the teacher's hidden states lazily; that time counts as the student's.
+            self.teacher_seconds += time.perf_counter() - started
+            return signal
 
         # -------------------------------------------------------------- metrics
         def record(self, metrics: dict[int, dict[str, float]], keep: Any, loss: Any) -> None:
@@ -461,6 +541,9 @@ def _trainer_classes() -> tuple[type, type, type]:
                     logs[f"top1/{name}"] = round(values["top1"], 4)
                     logs[f"tokens/{name}"] = int(values["tokens"])
                 logs["tokens_per_second"] = round(float(self.since_log_extra[0]) / elapsed, 1)
+                if self.setup.teacher is not None:
+                    logs["teacher_share"] = round(self.teacher_seconds / elapsed, 4)
+                    self.teacher_seconds = 0.0
                 logs["step_seconds"] = round(
                     elapsed / max(1, self.state.global_step - self.logged_step), 4
                 )
@@ -625,10 +708,13 @@ def span_metrics(metrics: Any) -> dict[int, dict[str, float]]:
 
 
 def _training_args(config: Config, out: Path, report_to: list[str]) -> Any:
+    import torch
     from transformers import TrainingArguments
 
     t = config.training
     return TrainingArguments(
+        # Without a GPU, processes started by `accelerate launch` / torchrun must use gloo.
+        use_cpu=not torch.accelerator.is_available(),
         output_dir=str(out / "checkpoints"),
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
@@ -735,11 +821,11 @@ def train(
         moe=is_moe(model),
         state=state,
     )
+    aligner = TokenAligner(tokenizer, white_box.tokenizer) if signal == "aligned" else None
     order = None
     if hasattr(weighting, "order"):
-        meta = dataset.select_columns(
-            [c for c in ("difficulty", "category", "success") if c in dataset.column_names]
-        ).to_list()
+        columns = ("span_type", "difficulty", "category", "success", "teacher_entropy")
+        meta = dataset.select_columns([c for c in columns if c in dataset.column_names]).to_list()
         order = list(weighting.order(meta))
     examples = Examples(dataset, order)
     report_to = list(config.training.report_to)
@@ -757,7 +843,7 @@ def train(
         args=args,
         train_dataset=examples,
         # Padding is masked out; id 0 exists in every vocabulary (the tokenizer's pad may not).
-        data_collator=Collator(0, cache),
+        data_collator=Collator(0, cache, aligner),
         processing_class=tokenizer,
         callbacks=callbacks,
         setup=setup,
