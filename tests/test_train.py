@@ -301,3 +301,30 @@ def test_train_command_reports_a_missing_dataset_in_one_line(tmp_path):
     assert result.exit_code == 2
     assert "no processed dataset here" in result.output
     assert "Traceback" not in result.output
+
+
+def test_train_command_runs_from_a_config_file(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from deepcoder_core.cli import cli
+
+    data = save_dataset(random_rows(2), tmp_path / "data")
+    teacher = save_teacher(tmp_path / "teacher", models.tiny_qwen3_config() | {"vocab_size": 512})
+    config = {
+        "student": {
+            "tokenizer": "qwen3",
+            "init": {
+                "from_teacher": None,
+                "config": models.tiny_qwen3_config() | {"vocab_size": 512},
+            },
+        },
+        "training": {"gradient_accumulation_steps": 1, "report_to": []},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--teacher", str(teacher)]
+    args += ["--config", str(tmp_path / "config.yaml"), "--max-steps", "2", "--loss", "jsd"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "trained 2 steps (online signal)" in result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["loss"]["name"] == "jsd"

@@ -382,21 +382,27 @@ def _trainer_classes() -> tuple[type, type, type]:
         ) -> Any:
             setup = self.setup
             keep = positions(inputs)
+            # FSDP and ZeRO-3 shard the LM head outside forward: let the model project there.
+            sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
             outputs = model(
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs["attention_mask"],
-                output_hidden_states=True,
+                output_hidden_states=not sharded,
                 use_cache=False,
-                logits_to_keep=1,  # the engine projects the hidden states itself, chunk by chunk
+                # Otherwise the engine projects the hidden states itself, chunk by chunk.
+                logits_to_keep=0 if sharded else 1,
             )
-            hidden = outputs.hidden_states[-1][:, :-1][keep]
-            weights = self.token_weights(inputs, keep).to(hidden.device)
+            if sharded:
+                student = outputs.logits[:, :-1][keep][:, : setup.width]
+            else:
+                hidden = outputs.hidden_states[-1][:, :-1][keep]
+                student = (hidden, lm_head_weight(model, setup.width))
+            weights = self.token_weights(inputs, keep).to(inputs["input_ids"].device)
             normalizer = num_items_in_batch
             if normalizer is None:
                 normalizer = weights.sum()
             span_type = inputs["span_type"][:, 1:][keep]
             labels = inputs["input_ids"][:, 1:][keep]
-            student = (hidden, lm_head_weight(model, setup.width))
             loss, metrics = engine_loss(
                 setup,
                 student=student,
@@ -794,9 +800,9 @@ def train(
     )
     checkpoint = latest_checkpoint(out) if resume else None
     if main:
-        if not resume and (out / "metrics.jsonl").exists():
-            (out / "metrics.jsonl").unlink()
-        if checkpoint is not None:
+        if checkpoint is None and (out / "metrics.jsonl").exists():
+            (out / "metrics.jsonl").unlink()  # a fresh run: old curves would mix in
+        elif checkpoint is not None:
             _trim_metrics(out / "metrics.jsonl", int(checkpoint.name[11:]))
         snapshot(config, out / "config.yaml")
     lora = config.student.lora.enabled
@@ -964,9 +970,8 @@ def train_command(
             teacher_logits=teacher_logits,
             resume=resume,
         )
-    except (ConfigError, PluginError, TrainError, CacheError, FileNotFoundError) as exc:
-        fail(str(exc))
-    except ValueError as exc:
+    except (ConfigError, PluginError, FileNotFoundError, ValueError) as exc:
+        # TrainError, CacheError and the engine's DistillError are ValueErrors too.
         fail(str(exc))
     if summary:
         print_summary(summary)
