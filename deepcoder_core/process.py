@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from .spans import (
     locate,
     parse_record,
     render,
+    render_many,
     template_supports_tools,
     token_spans,
 )
@@ -134,7 +136,9 @@ class Worker:
         self.settings = settings
         self.tokenizer = load_tokenizer(settings.tokenizer)
         self.backend = self.tokenizer.backend_tokenizer
-        self.special = np.array(sorted(set(self.tokenizer.all_special_ids)), dtype=np.int64)
+        # a lookup table: special[id] is True for <|im_start|>, <|im_end|>, ...
+        self.special = np.zeros(len(self.tokenizer) + 1, dtype=bool)
+        self.special[list(self.tokenizer.all_special_ids)] = True
         self.tools = template_supports_tools(self.tokenizer)
         self.detector = build("span_detector", settings.detector, **settings.detector_options)
         self.other = None
@@ -158,7 +162,7 @@ class Worker:
         located = locate(rendered, segments, spans, labels, confidence)
         ids = np.asarray(enc.ids, dtype=np.int32)
         offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        special = np.isin(ids, self.special)
+        special = self.special[ids]
         types, conf = token_spans(offsets, labels, confidence, special)
         return Example(ids, types, conf, located.missing_chars), offsets, located
 
@@ -170,9 +174,14 @@ class Worker:
     def run(self, items: list[tuple[int, int, dict[str, Any]]]) -> dict[str, list[Any]]:
         """``items``: (line, index, record). Returns columns; dropped records get one row with
         ``_drop`` set and empty token columns."""
+        rows, prepared = self.prepare(items)
+        return self.finish(rows, prepared, self.encode(prepared))
+
+    def prepare(self, items: list[tuple[int, int, dict[str, Any]]]) -> tuple[_Rows, list[Any]]:
+        """Parse, filter, detect and render (Python work; :meth:`encode` can run beside it)."""
         s = self.settings
         rows = _Rows()
-        prepared = []
+        parsed_items = []
         for line, index, record in items:
             try:
                 parsed = parse_record(record, s.fmt)
@@ -184,14 +193,30 @@ class Worker:
                 continue
             try:
                 spans = detect_spans(self.detector, parsed.segments)
-                rendered = render(parsed.segments, self.tokenizer)
-            except Exception as exc:  # a detector or template failing on odd input: skip it
-                reason = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a detector failing on odd input: skip the record
+                rows.drop(line, index, "bad_record", f"span detector: {exc}"[:300], parsed=parsed)
+                continue
+            parsed_items.append((line, index, parsed, spans))
+        prepared = []
+        rendered_all = render_many([p[2].segments for p in parsed_items], self.tokenizer)
+        for (line, index, parsed, spans), rendered in zip(parsed_items, rendered_all, strict=True):
+            if isinstance(rendered, Exception):
+                reason = f"chat template: {type(rendered).__name__}: {rendered}"
                 rows.drop(line, index, "bad_record", reason[:300], parsed=parsed)
                 continue
             prepared.append((line, index, parsed, spans, rendered))
-        encodings = self._encode([p[4] for p in prepared]) if prepared else []
-        for (line, index, parsed, spans, rendered), enc in zip(prepared, encodings, strict=False):
+        return rows, prepared
+
+    def encode(self, prepared: list[Any]) -> list[Any]:
+        """The fast tokenizer on the rendered texts (Rust, releases the GIL)."""
+        return self._encode([p[4] for p in prepared]) if prepared else []
+
+    def finish(self, rows: _Rows, prepared: list[Any], encodings: Any) -> dict[str, list[Any]]:
+        """Align, fit into ``max_length``, filter; ``encodings`` may be a future."""
+        s = self.settings
+        if hasattr(encodings, "result"):
+            encodings = encodings.result()
+        for (line, index, parsed, spans, rendered), enc in zip(prepared, encodings, strict=True):
             example, offsets, located = self._label(rendered, parsed.segments, spans, enc)
             agreement = None
             if self.other is not None and index < s.agreement_sample:
@@ -250,7 +275,7 @@ class Worker:
         labels = np.zeros(len(rendered), np.int8)
         confidence = np.ones(len(rendered), np.float32)
         locate(rendered, segments, spans, labels, confidence)
-        special = np.isin(example.ids, self.special)
+        special = self.special[example.ids]
         other, _ = token_spans(offsets, labels, confidence, special)
         body = offsets[:, 0] >= located.prompt_end
         return {"this": example.types[body], "other": other[body]}
@@ -610,11 +635,27 @@ def process(
     batch = max(1, cfg.batch_size)
     if num_proc == 1 or len(items) < 2 * batch:
         columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
+
+        def collect(done: dict[str, list[Any]]) -> None:
+            for name, values in done.items():
+                columns[name].extend(values)
+
         chunks = range(0, len(items), batch)
-        with click.progressbar(chunks, label="process", file=None if progress else _Null()) as bar:
+        # The tokenizer encodes one chunk in a thread (Rust, GIL released) while Python
+        # parses and renders the next one and aligns the previous one.
+        with (
+            ThreadPoolExecutor(max_workers=1) as pool,
+            click.progressbar(chunks, label="process", file=None if progress else _Null()) as bar,
+        ):
+            pending = None
             for start in bar:
-                for name, values in worker.run(items[start : start + batch]).items():
-                    columns[name].extend(values)
+                rows, prepared = worker.prepare(items[start : start + batch])
+                encoding = pool.submit(worker.encode, prepared)
+                if pending is not None:
+                    collect(worker.finish(*pending))
+                pending = (rows, prepared, encoding)
+            if pending is not None:
+                collect(worker.finish(*pending))
         from datasets import Dataset
 
         dataset = Dataset(_table(columns))

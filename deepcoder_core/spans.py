@@ -549,6 +549,35 @@ def render(segments: list[Segment], tokenizer: Any) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)
 
 
+def render_many(chats: list[list[Segment]], tokenizer: Any) -> list[str | Exception]:
+    """:func:`render` for many chats with one template call; a chat the template rejects
+    gets its exception in its place."""
+    out: list[str | Exception] = [""] * len(chats)
+    batch = [i for i, segs in enumerate(chats) if segs and segs[0].role != "text"]
+    for i, segs in enumerate(chats):
+        if not (segs and segs[0].role != "text"):
+            out[i] = "".join(seg.text for seg in segs)
+    if not batch:
+        return out
+    tools = template_supports_tools(tokenizer)
+    template = None if getattr(tokenizer, "chat_template", None) else CHATML_TEMPLATE
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [build_messages(chats[i], tools=tools) for i in batch],
+            tokenize=False,
+            chat_template=template,
+        )
+        for i, text in zip(batch, rendered, strict=True):
+            out[i] = text
+    except Exception:  # one chat broke the batch: render one by one to find it
+        for i in batch:
+            try:
+                out[i] = render(chats[i], tokenizer)
+            except Exception as exc:
+                out[i] = exc
+    return out
+
+
 @dataclass
 class Located:
     """Where the segments landed in the rendered text, and what the template left out."""

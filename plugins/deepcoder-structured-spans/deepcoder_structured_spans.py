@@ -24,7 +24,7 @@ import re
 
 from deepcoder_core import hookimpl
 from deepcoder_core.protocols import Span, SpanType
-from deepcoder_core.spans import Segment, fill_gaps, normalize_spans
+from deepcoder_core.spans import Segment, fill_gaps
 
 _KEYWORDS = re.compile(
     r"^(?P<answer>Final Answer:|Action(?: \d+)?:[ \t]*[Ff]inish\[)"
@@ -83,7 +83,7 @@ class StructuredSpanDetector:
             elif seg.kind is not None:
                 out.append(whole(seg.kind))
             elif seg.parts:
-                out.append(normalize_spans(seg.text, list(seg.parts)))
+                out.append(tuple(seg.parts))  # the core normalizes what detectors return
             elif seg.role in ("user", "tool"):
                 # a user turn after the agent started is the environment answering it
                 conf = 1.0 if seg.role == "tool" else 0.9
