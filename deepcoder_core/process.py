@@ -204,6 +204,12 @@ class Worker:
                 reason = f"chat template: {type(rendered).__name__}: {rendered}"
                 rows.drop(line, index, "bad_record", reason[:300], parsed=parsed)
                 continue
+            try:
+                rendered.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a JSON "\ud800" escape: no tokenizer takes it
+                reason = f"invalid UTF-8: lone surrogate at character {exc.start}"
+                rows.drop(line, index, "bad_record", reason, parsed=parsed)
+                continue
             prepared.append((line, index, parsed, spans, rendered))
         return rows, prepared
 
@@ -232,6 +238,8 @@ class Worker:
             if not pieces:
                 rows.drop(line, index, note or "too_long", "", parsed=parsed)
                 continue
+            # the same chat renders to the same text: its hash finds duplicates
+            digest = hashlib.sha1(rendered.encode("utf-8", "surrogatepass")).hexdigest()
             kept = 0
             for part, piece in enumerate(pieces):
                 reason = self._filter(piece)
@@ -239,7 +247,7 @@ class Worker:
                     if part == 0 and len(pieces) == 1:
                         rows.drop(line, index, reason, "", parsed=parsed, agreement=agreement)
                     continue
-                rows.add(line, index, parsed, piece, note, agreement if kept == 0 else None)
+                rows.add(line, index, parsed, piece, note, agreement if kept == 0 else None, digest)
                 kept += 1
             if len(pieces) > 1 and not kept:
                 rows.drop(line, index, "too_short", "", parsed=parsed)
@@ -389,7 +397,7 @@ class _Rows:
     def __init__(self) -> None:
         self.columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
 
-    def _meta(self, line, index, parsed: Parsed | None, fmt: str = "") -> None:
+    def _meta(self, line, index, parsed: Parsed | None, fmt: str = "", digest: str = "") -> None:
         meta = parsed.meta if parsed else {}
         c = self.columns
         c["trajectory_id"].append(meta.get("trajectory_id") or f"line-{line}")
@@ -400,7 +408,7 @@ class _Rows:
         c["_line"].append(line)
         c["_index"].append(index)
         c["_format"].append(parsed.format if parsed else fmt)
-        c["_hash"].append(parsed.content_hash() if parsed else "")
+        c["_hash"].append(digest)
 
     def drop(self, line, index, reason, message, *, parsed=None, fmt="", agreement=None):
         import numpy as np
@@ -417,10 +425,10 @@ class _Rows:
         c["_missing"].append(0)
         self._agreement(agreement)
 
-    def add(self, line, index, parsed, example: Example, note: str, agreement) -> None:
+    def add(self, line, index, parsed, example: Example, note: str, agreement, digest) -> None:
         import numpy as np
 
-        self._meta(line, index, parsed)
+        self._meta(line, index, parsed, digest=digest)
         c = self.columns
         c["input_ids"].append(example.ids)
         c["attention_mask"].append(np.ones(len(example.ids), np.int8))

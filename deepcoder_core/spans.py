@@ -22,7 +22,6 @@ before the first assistant message (the prompt) is type 0.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,15 +77,6 @@ class Parsed:
     segments: list[Segment]
     format: str
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def content_hash(self) -> str:
-        """SHA-1 of roles and texts: two records with the same chat are duplicates."""
-        digest = hashlib.sha1()
-        for seg in self.segments:
-            digest.update(f"{seg.role}\x1f{seg.field}\x1f".encode())
-            digest.update(seg.text.encode("utf-8", "surrogatepass"))
-            digest.update(b"\x1e")
-        return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------- formats

@@ -90,6 +90,7 @@ def test_bad_input_is_reported_by_line_and_the_rest_is_written(tmp_path):
         json.dumps({**good[2], "pad": "x" * 5000}),
         json.dumps({"unknown": 1}),
         json.dumps(good[3]),
+        json.dumps({"text": "lone \ud800 surrogate, escaped in JSON"}),
     ]
     path = tmp_path / "t.jsonl"
     with open(path, "wb") as handle:
@@ -100,26 +101,27 @@ def test_bad_input_is_reported_by_line_and_the_rest_is_written(tmp_path):
     cfg = config("processing.max_record_bytes=4000")
     summary = process(cfg, trajectories=path, out=tmp_path / "out", tokenizer=QWEN3)
     bad = {entry["line"]: entry["reason"] for entry in summary["bad_input"]["lines"]}
-    assert sorted(bad) == [2, 3, 5, 6, 7, 8, 10, 11]
+    assert sorted(bad) == [2, 3, 5, 6, 7, 8, 10, 11, 12]
     assert "invalid JSON" in bad[2]
     assert "empty steps" in bad[3]
     assert "missing field 'messages'" in bad[5]
     assert "expected a JSON object" in bad[6]
     assert "too large" in bad[7]
     assert "unknown record format" in bad[8]
-    assert "invalid UTF-8" in bad[10]
-    assert "truncated" in bad[11]
+    assert "lone surrogate" in bad[10]
+    assert "invalid UTF-8" in bad[11]
+    assert "truncated" in bad[12]
     assert summary["bad_input"]["by_reason"] == {
         "empty_steps": 1,
         "invalid_json": 1,
-        "invalid_utf8": 1,
+        "invalid_utf8": 2,
         "missing_field": 1,
         "not_an_object": 1,
         "too_large": 1,
         "truncated_line": 1,
         "unknown_format": 1,
     }
-    assert summary["records"]["read"] == 11
+    assert summary["records"]["read"] == 12
     assert summary["examples"] == 3  # lines 1, 4 and 9
 
 
