@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -518,6 +519,8 @@ def _worker(settings: Settings) -> Worker:
 
 def _map_batch(batch: dict[str, list[Any]], settings: Settings) -> dict[str, list[Any]]:
     """``datasets.map`` function: records (as JSON text) in, example rows out."""
+    # each worker process is one core's worth: the tokenizer's own thread pool would oversubscribe
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     items = [
         (line, index, json.loads(text))
         for line, index, text in zip(
