@@ -614,9 +614,14 @@ def locate(
                 if not stripped:
                     continue
                 at = rendered.find(stripped, cursor)
+                if at == -1 and "</think>" in stripped:
+                    # templates that drop earlier turns' thinking keep what follows </think>
+                    stripped = stripped.rsplit("</think>", 1)[1].strip()
+                    at = rendered.find(stripped, cursor) if stripped else -1
                 if at == -1:
                     missing += len(piece)
                     continue
+                missing += len(piece.strip()) - len(stripped)
                 labels[at : at + len(stripped)] = int(span.type)
                 confidence[at : at + len(stripped)] = span.confidence
                 first = at if first is None else first

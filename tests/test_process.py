@@ -296,3 +296,28 @@ def test_num_proc_two_gives_the_same_dataset(tmp_path):
     assert data1["input_ids"] == data2["input_ids"]
     assert data1["span_type"] == data2["span_type"]
     assert one["drops"] == two["drops"] and one["agreement"] == two["agreement"]
+
+
+def test_a_record_from_the_real_agent(tmp_path, tok):
+    """The generator's own records (AgentRun.finish) go through with exact spans."""
+    agent = pytest.importorskip("deepcoder_core.agent")
+    from deepcoder_core.config import AgentConfig
+    from deepcoder_core.problems import bundled_problems
+
+    problem = bundled_problems()[0]
+    run_ = agent.AgentRun(problem, {"plugin": "t", "model": "m", "params": {}}, {}, AgentConfig())
+    run_.advance(
+        "<think>Check first.</think>\nThought: I will test it.\nAction: python\n"
+        "Action Input:\n```python\nprint(1)\n```\nObservation: 1 (the teacher made this up)"
+    )
+    run_.advance("Thought: done\nFinal Answer:\n```python\ndef f():\n    return 1\n```")
+    summary, data, _ = run(tmp_path, [run_.finish()], "processing.successful_only=false")
+    # Qwen3's template drops the <think> block of turns before the last user message
+    assert summary["examples"] == 1
+    assert summary["template_missing_chars"] == len("<think>Check first.</think>\n")
+    ids, types = np.array(data[0]["input_ids"]), np.array(data[0]["span_type"])
+    assert tok.decode(ids[types == SpanType.ACTION]).startswith("Action: python")
+    assert "made this up" not in tok.decode(ids)  # the chat keeps the reply cut at Observation:
+    assert tok.decode(ids[types == SpanType.ANSWER]).startswith("Final Answer:")
+    reasoning = tok.decode(ids[types == SpanType.REASONING])
+    assert "Check first." not in reasoning and "Thought: I will test it." in reasoning
