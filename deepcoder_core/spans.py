@@ -622,10 +622,14 @@ def locate(
                     missing += len(piece)
                     continue
                 missing += len(piece.strip()) - len(stripped)
-                labels[at : at + len(stripped)] = int(span.type)
-                confidence[at : at + len(stripped)] = span.confidence
+                end = at + len(stripped)
+                tail = piece[len(piece.rstrip()) :]
+                if tail and rendered.startswith(tail, end):
+                    end += len(tail)  # the whitespace after the piece came along
+                labels[at:end] = int(span.type)
+                confidence[at:end] = span.confidence
                 first = at if first is None else first
-                last = cursor = at + len(stripped)
+                last = cursor = end
             ranges.append((first, last) if first is not None else None)
         if seg.prompt and ranges[-1] is not None:
             prompt_end = ranges[-1][1]
