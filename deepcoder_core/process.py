@@ -637,12 +637,14 @@ def process(
         raise ProcessError(str(exc)) from exc
 
     bad: list[BadLine] = []
+    phases = {"setup": time.perf_counter() - started}
     items = [
         (line, index, record)
         for index, (line, record) in enumerate(
             read_jsonl(trajectories, errors=bad, max_line_bytes=cfg.max_record_bytes)
         )
     ]
+    phases["read"] = time.perf_counter() - started - sum(phases.values())
     batch = max(1, cfg.batch_size)
     if num_proc == 1 or len(items) < 2 * batch:
         columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
@@ -697,6 +699,8 @@ def process(
         finally:
             enable_progress_bars()
 
+    phases["records"] = time.perf_counter() - started - sum(phases.values())
+
     # ---- drops, de-duplication, summary
     drops: Counter[str] = Counter()
     formats: Counter[str] = Counter()
@@ -744,7 +748,7 @@ def process(
     total = int(counts.sum())
     bad_lines.sort(key=lambda b: b["line"])
     bad_kinds = Counter(_bad_kind(b["reason"]) for b in bad_lines)
-    seconds = time.perf_counter() - started
+    phases["filter"] = time.perf_counter() - started - sum(phases.values())
     records_read = len(items) + len(bad)
     summary = {
         "schema": 1,
@@ -782,10 +786,14 @@ def process(
         "template_missing_chars": missing,
         "agreement": agreement,
         "num_proc": num_proc,
-        "seconds": round(seconds, 3),
-        "trajectories_per_second": round(records_read / seconds, 1) if seconds else None,
     }
     _write(out, dataset, summary, config)
+    phases["write"] = time.perf_counter() - started - sum(phases.values())
+    seconds = time.perf_counter() - started
+    summary["seconds"] = round(seconds, 3)
+    summary["phase_seconds"] = {name: round(value, 3) for name, value in phases.items()}
+    summary["trajectories_per_second"] = round(records_read / seconds, 1) if seconds else None
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 
