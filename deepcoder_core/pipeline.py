@@ -8,7 +8,7 @@ Run directory layout::
     <out>/dataset/                 process           (+ dataset/summary.json)
     <out>/teacher_logits/          teacher-logits    (only when the loss needs a distribution)
     <out>/baseline/                the student before distillation
-    <out>/student/                 train             (metrics.jsonl, plots/, summary.json)
+    <out>/train/                   train             (student/, metrics.jsonl, plots/, summary.json)
     <out>/eval/                    eval              (report.json, report.md, charts)
     <out>/report.md                the final report, with plots in <out>/plots/
 
@@ -132,28 +132,26 @@ def _process(ctx: RunContext) -> dict[str, Any]:
 
 
 def _logits_enabled(ctx: RunContext) -> bool:
-    mode = ctx.config.teacher_logits.enabled
-    if mode in ("false", "off", "never"):
-        return False
+    from .plugins import lookup
+
     needs = ctx.loss_needs_distribution()
-    white_box = ctx.teacher_model_path() is not None
+    entry = lookup("teacher", ctx.config.teacher.name)
+    white_box = callable(getattr(entry.factory, "score", None))
     if needs and not white_box:
         raise PipelineError(
             f"loss '{ctx.config.loss.name}' needs the teacher's distribution, but teacher "
             f"'{ctx.config.teacher.name}' gives text only; use a labels loss (--loss ce) or a "
-            "white-box teacher (hf, or openai against SGLang with teacher_logits)"
+            "white-box teacher (hf, or openai against an SGLang server)"
         )
-    return needs and (mode in ("auto", "true", "on", "always"))
+    return needs and ctx.config.teacher_logits.enabled
 
 
 def _teacher_logits(ctx: RunContext) -> dict[str, Any]:
     from .distill.teacher_logits import cache_teacher_logits
 
+    # teacher=None: the configured teacher (a local hf model, or a server's score()).
     return cache_teacher_logits(
-        ctx.config,
-        data=ctx.out / "dataset",
-        out=ctx.out / "teacher_logits",
-        teacher=ctx.teacher_model_path(),
+        ctx.config, data=ctx.out / "dataset", out=ctx.out / "teacher_logits"
     )
 
 
@@ -181,9 +179,8 @@ def _train(ctx: RunContext) -> dict[str, Any]:
     return train(
         ctx.config,
         data=ctx.out / "dataset",
-        out=ctx.out / "student",
+        out=ctx.out / "train",
         student=str(_baseline_path(ctx)),
-        teacher=None if uses_cache else ctx.teacher_model_path(),
         teacher_logits=logits if uses_cache else None,
         resume=True,
     )
@@ -193,10 +190,17 @@ def _eval(ctx: RunContext) -> dict[str, Any]:
     from .evaluate import evaluate
 
     cfg = ctx.config
+    # Students run where a local teacher runs (device, dtype, batch size), on their own weights.
+    local = {
+        k: v for k, v in cfg.teacher.options.items() if k in ("device", "dtype", "max_batch_size")
+    }
     available = {
         "teacher": ctx.teacher_spec(),
-        "baseline": {"teacher": "hf", "options": {"model": str(_baseline_path(ctx))}},
-        "student": {"teacher": "hf", "options": {"model": str(ctx.out / "student")}},
+        "baseline": {"teacher": "hf", "options": {**local, "model": str(_baseline_path(ctx))}},
+        "student": {
+            "teacher": "hf",
+            "options": {**local, "model": str(ctx.out / "train" / "student")},
+        },
     }
     unknown = [m for m in cfg.eval.models if m not in available]
     if unknown:
@@ -212,7 +216,7 @@ def _eval(ctx: RunContext) -> dict[str, Any]:
 
 
 def _report(ctx: RunContext) -> dict[str, Any]:
-    from .report import write_run_report
+    from .run_report import write_run_report
 
     return write_run_report(ctx.out, ctx.state, ctx.config)
 
@@ -220,8 +224,10 @@ def _report(ctx: RunContext) -> dict[str, Any]:
 PIPELINE = (
     Stage("generate", ("teacher", "agent", "tools", "generation"), "trajectories.jsonl", _generate),
     Stage("process", ("processing", "student"), "dataset", _process),
-    Stage("teacher-logits", ("teacher_logits",), "teacher_logits", _teacher_logits, _logits_enabled),
-    Stage("train", ("student", "loss", "weighting", "training"), "student", _train),
+    Stage(
+        "teacher-logits", ("teacher_logits",), "teacher_logits", _teacher_logits, _logits_enabled
+    ),
+    Stage("train", ("student", "loss", "weighting", "training"), "train", _train),
     Stage("eval", ("eval", "agent", "tools"), "eval", _eval),
     Stage("report", (), "report.md", _report),
 )

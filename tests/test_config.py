@@ -74,3 +74,9 @@ def test_repository_config_is_valid_and_complete():
     raw = yaml.safe_load(open(REPO_CONFIG))
     config = load_config(REPO_CONFIG, environ={})
     assert set(raw) == set(config.to_dict()), "configs/config.yaml must hold every section"
+
+
+@pytest.mark.parametrize("path", ["configs/groq.yaml", "configs/sglang-qwen3.yaml"])
+def test_ready_made_configs_validate(path):
+    config = load_config(path, environ={})
+    assert config.paths.out.startswith("runs/")

@@ -1,0 +1,169 @@
+"""`deepcoder run` end to end on tiny random models and two problems."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from deepcoder_core import models
+from deepcoder_core.cli import cli
+from deepcoder_core.problems import bundled_problems
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """A tiny random teacher with the real Qwen3 tokenizer, two problems, and a config using them."""
+    root = tmp_path_factory.mktemp("pipeline")
+    teacher = root / "teacher"
+    model = models.random_causal_lm(models.tiny_qwen3_config(), seed=1)
+    model.save_pretrained(teacher)
+    models.load_tokenizer(models.qwen3_tokenizer_path()).save_pretrained(teacher)
+    problems = root / "problems.jsonl"
+    chosen = [p for p in bundled_problems() if p.difficulty == "easy"][:2]
+    problems.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in chosen))
+    config = {
+        "teacher": {"name": "hf", "options": {"model": str(teacher)}},
+        "student": {
+            "path": None,
+            "init": {"from_teacher": None, "config": models.tiny_qwen3_config()},
+        },
+        "agent": {"max_steps": 2, "max_new_tokens": 24, "token_budget": 64},
+        "tools": {"enabled": ["python"]},
+        "generation": {"problems": str(problems), "split": None, "concurrency": 2},
+        "processing": {"tokenizer": str(teacher), "successful_only": False, "min_tokens": 4},
+        "teacher_logits": {"top_k": 8},
+        "loss": {"name": "kl"},
+        "training": {"max_steps": 4, "gradient_accumulation_steps": 1, "save_steps": 2},
+        "eval": {"problems": str(problems), "split": None, "k": [1]},
+        "paths": {"cache": str(root / "cache")},
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return root, path
+
+
+def _run(config_path: Path, out: Path, *extra: str):
+    result = CliRunner().invoke(
+        cli,
+        ["run", "--config", str(config_path), "--out", str(out), *extra],
+        catch_exceptions=False,
+    )
+    return result
+
+
+def test_whole_pipeline_then_skip_then_force(tiny_setup):
+    root, config_path = tiny_setup
+    out = root / "run"
+    started = time.time()
+    first = _run(config_path, out)
+    assert first.exit_code == 0, first.output
+    assert time.time() - started < 120
+
+    state = json.loads((out / "state.json").read_text())["stages"]
+    assert [s for s in state if state[s]["status"] == "done"] == [
+        "generate",
+        "process",
+        "teacher-logits",
+        "train",
+        "eval",
+        "report",
+    ]
+    trajectories = [
+        json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()
+    ]
+    assert len(trajectories) == 2 and all(t["schema"] == 1 for t in trajectories)
+    assert json.loads((out / "dataset" / "summary.json").read_text())["examples"] >= 1
+    assert (out / "teacher_logits").is_dir()
+    assert (out / "train" / "student" / "config.json").exists()
+    assert (out / "baseline" / "config.json").exists()
+    metrics = (out / "train" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) >= 4
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "baseline", "student"}
+    text = (out / "report.md").read_text()
+    assert "| teacher |" in text and "| student |" in text and "| baseline |" in text
+    assert (out / "plots" / "pass_rates.png").exists() and (
+        out / "plots" / "span_loss.png"
+    ).exists()
+    assert "sk-" not in (out / "config.yaml").read_text()
+
+    second = _run(config_path, out)
+    assert second.exit_code == 0, second.output
+    assert second.output.count("up to date, skipped") == 6
+
+    third = _run(config_path, out, "--force", "train")
+    assert third.exit_code == 0, third.output
+    assert "generate: up to date" in third.output and "process: up to date" in third.output
+    assert "train: up to date" not in third.output and "eval: up to date" not in third.output
+
+
+def test_killed_during_training_resumes(tiny_setup):
+    root, config_path = tiny_setup
+    out = root / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    slow = ["--set", "training.max_steps=40", "--set", "training.save_steps=1"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deepcoder_core",
+            "run",
+            "--config",
+            str(config_path),
+            "--out",
+            str(out),
+            *slow,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.time() + 150
+    try:
+        while time.time() < deadline:
+            checkpoints = list((out / "train" / "checkpoints").glob("checkpoint-*"))
+            if len(checkpoints) >= 1 and proc.poll() is None:
+                break
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"run ended before training was interrupted:\n{proc.stdout.read().decode()}"
+                )
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    state = json.loads((out / "state.json").read_text())["stages"]
+    assert state["train"]["status"] == "running"
+
+    resumed = _run(config_path, out, *slow)
+    assert resumed.exit_code == 0, resumed.output
+    assert "generate: up to date" in resumed.output
+    state = json.loads((out / "state.json").read_text())["stages"]
+    assert state["train"]["status"] == "done" and state["train"]["summary"]["steps"] == 40
+    steps = [
+        json.loads(line)["step"]
+        for line in (out / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(set(steps))  # no step logged twice after the resume
+
+
+def test_groq_without_key_is_one_clear_line(monkeypatch):
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    result = CliRunner().invoke(cli, ["run", "--teacher", "groq", "--loss", "focal"])
+    assert result.exit_code != 0
+    assert "GROQ_API_KEY" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_loss_suggests():
+    result = CliRunner().invoke(cli, ["run", "--loss", "fcoal"])
+    assert result.exit_code != 0
+    assert "unknown loss 'fcoal'; did you mean 'focal'?" in result.output
