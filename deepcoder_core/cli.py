@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "teacher-logits": "deepcoder_core.distill.teacher_logits:teacher_logits_command",
     "train": "deepcoder_core.distill.train:train_command",
     "merge-lora": "deepcoder_core.distill.student:merge_lora_command",
+    "run": "deepcoder_core.pipeline:run_command",
 }
 
 

@@ -110,7 +110,7 @@ class ProcessingConfig:
 
 @dataclass
 class TeacherLogitsConfig:
-    enabled: str = "auto"  # auto: when the loss needs a distribution and the teacher is white-box
+    enabled: bool = True  # cache top-k before training when the loss needs a distribution; false: online teacher
     top_k: int = 64
     shard_size: int = 256
     batch_size: int = 4

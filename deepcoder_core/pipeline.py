@@ -344,7 +344,7 @@ def run_command(config_path, teacher, loss, weighting, student, out, overrides, 
 
 def _preflight(config: Config) -> None:
     """Build the cheap components first, so a typo or a missing key fails before hours of work."""
-    from .plugins import lookup
+    from .plugins import PluginError, lookup
 
     lookup("loss", config.loss.name)
     lookup("weighting", config.weighting.name)
