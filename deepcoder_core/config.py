@@ -82,6 +82,7 @@ class ToolsConfig:
 class GenerationConfig:
     problems: str | None = None  # None: the bundled problems
     split: str | None = None  # train | eval | None (all)
+    limit: int | None = None  # the first N problems of the split (None: all)
     samples_per_problem: int = 1
     concurrency: int = 8
     temperature: float = 0.7
@@ -155,6 +156,7 @@ class TrainingConfig:
 class EvalConfig:
     problems: str | None = None  # None: the bundled held-out split
     split: str | None = "eval"
+    limit: int | None = None  # the first N problems of the split (None: all)
     samples: int = 1
     k: list[int] = field(default_factory=lambda: [1])
     temperature: float = 0.2

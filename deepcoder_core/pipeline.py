@@ -93,13 +93,20 @@ class RunContext:
         loss = entry.build(**self.config.loss.options)
         return "labels" not in tuple(getattr(loss, "signals", ("distribution",)))
 
-    def problems(self, split: str | None, path: str | None):
+    def problems(self, section: str):
+        """The problems of the ``generation`` or ``eval`` section: file or bundled, split, limit."""
         from .problems import bundled_problems, load_problems
 
-        if path:
-            problems = load_problems(path)
-            return [p for p in problems if split is None or p.split in (None, split)]
-        return bundled_problems(split)
+        cfg = getattr(self.config, section)
+        if cfg.problems:
+            problems = [
+                p
+                for p in load_problems(cfg.problems)
+                if cfg.split is None or p.split in (None, cfg.split)
+            ]
+        else:
+            problems = bundled_problems(cfg.split)
+        return problems[: cfg.limit] if cfg.limit is not None else problems
 
 
 def _problems_fingerprint(problems) -> str:
@@ -114,7 +121,7 @@ def _generate(ctx: RunContext) -> dict[str, Any]:
     from .generate import generate
 
     cfg = ctx.config
-    problems = ctx.problems(cfg.generation.split, cfg.generation.problems)
+    problems = ctx.problems("generation")
     if not problems:
         raise PipelineError(f"no problems for generation.split={cfg.generation.split!r}")
     return generate(cfg, problems=problems, out=ctx.out / "trajectories.jsonl", resume=True)
@@ -205,7 +212,7 @@ def _eval(ctx: RunContext) -> dict[str, Any]:
     unknown = [m for m in cfg.eval.models if m not in available]
     if unknown:
         raise PipelineError(f"eval.models: unknown {unknown}; choose from {list(available)}")
-    problems = ctx.problems(cfg.eval.split, cfg.eval.problems)
+    problems = ctx.problems("eval")
     return evaluate(
         cfg,
         models={name: available[name] for name in cfg.eval.models},
@@ -239,11 +246,9 @@ def _fingerprint(ctx: RunContext, stage: Stage, upstream: list[str]) -> str:
         "upstream": upstream,
     }
     if stage.name == "generate":
-        cfg = ctx.config.generation
-        parts["problems"] = _problems_fingerprint(ctx.problems(cfg.split, cfg.problems))
+        parts["problems"] = _problems_fingerprint(ctx.problems("generation"))
     if stage.name == "eval":
-        cfg = ctx.config.eval
-        parts["problems"] = _problems_fingerprint(ctx.problems(cfg.split, cfg.problems))
+        parts["problems"] = _problems_fingerprint(ctx.problems("eval"))
         parts["teacher"] = ctx.config.section_fingerprint("teacher")
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
