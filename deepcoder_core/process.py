@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +175,11 @@ class Worker:
         """``items``: (line, index, record). Returns columns; dropped records get one row with
         ``_drop`` set and empty token columns."""
         rows, prepared = self.prepare(items)
-        return self.finish(rows, prepared, self.encode(prepared))
+        encodings = self._encode([p[4] for p in prepared]) if prepared else []
+        return self.finish(rows, prepared, encodings)
 
     def prepare(self, items: list[tuple[int, int, dict[str, Any]]]) -> tuple[_Rows, list[Any]]:
-        """Parse, filter, detect and render (Python work; :meth:`encode` can run beside it)."""
+        """Parse, filter, detect and render each record of a batch."""
         s = self.settings
         rows = _Rows()
         parsed_items = []
@@ -214,15 +214,11 @@ class Worker:
             prepared.append((line, index, parsed, spans, rendered))
         return rows, prepared
 
-    def encode(self, prepared: list[Any]) -> list[Any]:
-        """The fast tokenizer on the rendered texts (Rust, releases the GIL)."""
-        return self._encode([p[4] for p in prepared]) if prepared else []
-
-    def finish(self, rows: _Rows, prepared: list[Any], encodings: Any) -> dict[str, list[Any]]:
-        """Align, fit into ``max_length``, filter; ``encodings`` may be a future."""
+    def finish(
+        self, rows: _Rows, prepared: list[Any], encodings: list[Any]
+    ) -> dict[str, list[Any]]:
+        """Align, fit into ``max_length``, filter."""
         s = self.settings
-        if hasattr(encodings, "result"):
-            encodings = encodings.result()
         for (line, index, parsed, spans, rendered), enc in zip(prepared, encodings, strict=True):
             example, offsets, located = self._label(rendered, parsed.segments, spans, enc)
             agreement = None
@@ -648,27 +644,11 @@ def process(
     batch = max(1, cfg.batch_size)
     if num_proc == 1 or len(items) < 2 * batch:
         columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
-
-        def collect(done: dict[str, list[Any]]) -> None:
-            for name, values in done.items():
-                columns[name].extend(values)
-
         chunks = range(0, len(items), batch)
-        # The tokenizer encodes one chunk in a thread (Rust, GIL released) while Python
-        # parses and renders the next one and aligns the previous one.
-        with (
-            ThreadPoolExecutor(max_workers=1) as pool,
-            click.progressbar(chunks, label="process", file=None if progress else _Null()) as bar,
-        ):
-            pending = None
+        with click.progressbar(chunks, label="process", file=None if progress else _Null()) as bar:
             for start in bar:
-                rows, prepared = worker.prepare(items[start : start + batch])
-                encoding = pool.submit(worker.encode, prepared)
-                if pending is not None:
-                    collect(worker.finish(*pending))
-                pending = (rows, prepared, encoding)
-            if pending is not None:
-                collect(worker.finish(*pending))
+                for name, values in worker.run(items[start : start + batch]).items():
+                    columns[name].extend(values)
         from datasets import Dataset
 
         dataset = Dataset(_table(columns))
