@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -161,7 +162,8 @@ class Worker:
         confidence = np.ones(len(rendered), np.float32)
         located = locate(rendered, segments, spans, labels, confidence)
         ids = np.asarray(enc.ids, dtype=np.int32)
-        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        pairs = itertools.chain.from_iterable(enc.offsets)
+        offsets = np.fromiter(pairs, dtype=np.int64, count=2 * len(ids)).reshape(-1, 2)
         special = self.special[ids]
         types, conf = token_spans(offsets, labels, confidence, special)
         return Example(ids, types, conf, located.missing_chars), offsets, located
