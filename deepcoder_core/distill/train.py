@@ -745,7 +745,12 @@ def _training_args(config: Config, out: Path, report_to: list[str]) -> Any:
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    folders = [p for p in (out / "checkpoints").glob("checkpoint-*") if p.name[11:].isdigit()]
+    # trainer_state.json is written last: a folder without it is a save cut short by a kill.
+    folders = [
+        p
+        for p in (out / "checkpoints").glob("checkpoint-*")
+        if p.name[11:].isdigit() and (p / "trainer_state.json").exists()
+    ]
     return max(folders, key=lambda p: int(p.name[11:]), default=None)
 
 
