@@ -89,6 +89,9 @@ def plain_ce_steps(config, data: Path, out: Path) -> list[float]:
         data_collator=collate,
         callbacks=[Clock()],
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # stdout is for the JSON result
     trainer.train()
     return times
 
@@ -162,6 +165,9 @@ def main() -> None:
                 "target_sad_topk_vs_ce": 1.3,
                 "meets_target": ratio <= 1.3,
                 "online_teacher_share_of_step": round(statistics.median(shares[args.warmup :]), 3),
+                "online_vs_topk_step_ratio": round(
+                    steady(online, args.warmup) / steady(topk, args.warmup), 3
+                ),
                 "teacher_share_note": "teacher forward (no grad); its LM-head projection is "
                 "fused into the loss engine and counted as loss time",
                 "cache_seconds_per_example": round(cache_seconds / args.steps, 3),
