@@ -147,7 +147,12 @@ def test_qwen3_student_loss_falls_on_fixed_batch(tmp_path, moe):
 def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
     data = save_dataset(random_rows(4), tmp_path / "data")
     teacher = save_teacher(tmp_path / "teacher", models.tiny_qwen3_config() | {"vocab_size": 512})
-    overrides = ("training.max_steps=6", "training.save_steps=3", "training.lr_scheduler=cosine")
+    overrides = (
+        "training.max_steps=6",
+        "training.save_steps=3",
+        "training.lr_scheduler=cosine",
+        "weighting.name=adaptive",  # its running per-span losses must survive the restart
+    )
     whole = tmp_path / "whole"
     train(
         make_config(tmp_path, *overrides),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import pickle
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from .teacher_logits import (
 SPAN_NAMES = {int(t): t.name.lower() for t in SpanType}
 DIFFICULTY = {"easy": 0, "medium": 1, "hard": 2}
 STATE_FILE = "deepcoder_state.json"
+WEIGHTING_FILE = "weighting_state.pkl"  # a stateful weighting's attributes (running averages)
 EMA_DECAY = 0.9  # running per-span loss: ema = 0.9 * ema + 0.1 * this step's mean
 
 
@@ -585,6 +587,9 @@ def _trainer_classes() -> tuple[type, type, type]:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 ema = {str(k): v for k, v in self.trainer.setup.state.span_loss_ema.items()}
                 atomic_write_json(folder / STATE_FILE, {"span_loss_ema": ema})
+                # Weightings keep plain attributes (e.g. per-span running losses); resume restores them.
+                with open(folder / WEIGHTING_FILE, "wb") as handle:
+                    pickle.dump(vars(self.trainer.setup.weighting), handle)
 
     class MetricsCallback(ProgressCallback):
         """Progress bar with loss, per-span losses and tokens/s; one JSONL line per logged step."""
@@ -821,6 +826,9 @@ def train(
     if checkpoint is not None and (checkpoint / STATE_FILE).exists():
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         state.span_loss_ema = {int(k): v for k, v in saved["span_loss_ema"].items()}
+    if checkpoint is not None and (checkpoint / WEIGHTING_FILE).exists():
+        with open(checkpoint / WEIGHTING_FILE, "rb") as handle:
+            vars(weighting).update(pickle.load(handle))  # our own checkpoint, not user input
     setup = Setup(
         config=config,
         loss_fn=loss_fn,
