@@ -131,3 +131,37 @@ def test_teacher_logits_command(tmp_path, setup):
     assert "top-4" in result.output and "5 examples" in result.output
     result = CliRunner().invoke(cli, [*args, "--top-k", "5"])
     assert result.exit_code == 2 and "another dataset, teacher or top_k" in result.output
+
+
+def test_scoring_only_teacher_fills_the_same_cache(tmp_path, setup):
+    """A teacher that only offers score() (a remote server) gives the white-box cache's top-k."""
+    from deepcoder_core.distill.teacher_logits import topk_from_logits
+    from deepcoder_core.protocols import TopK
+
+    config, data, teacher_path = setup
+    model = models.load_causal_lm(teacher_path)
+
+    class RemoteTeacher:
+        model = "remote-tiny"
+        tokenizer = models.load_tokenizer(teacher_path)
+
+        def score(self, token_ids, top_k):
+            with torch.no_grad():
+                logits = model(torch.tensor([token_ids])).logits[0]
+            return TopK(*topk_from_logits(logits, top_k))
+
+    remote = cache_teacher_logits(
+        config, data=data, out=tmp_path / "remote", teacher=RemoteTeacher(), top_k=4, progress=False
+    )
+    assert remote["teacher"] == {"name": "object", "model": "remote-tiny", "hash": None}
+    local = tmp_path / "local"
+    cache_teacher_logits(
+        config, data=data, out=local, teacher=str(teacher_path), top_k=4, progress=False
+    )
+    for index in range(5):
+        a, b = (
+            TeacherLogitsCache(tmp_path / "remote").example(index),
+            TeacherLogitsCache(local).example(index),
+        )
+        assert torch.equal(a[0], b[0])
+        torch.testing.assert_close(a[1], b[1], atol=1e-3, rtol=1e-3)
