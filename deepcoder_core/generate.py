@@ -440,9 +440,14 @@ def generate_command(
             flags["teacher.options"] = {}
         config = load_config(config_path, overrides, flags=flags)
         shard_spec = parse_shard(shard)
-        problems = resolve_problems(config.generation.problems)
-        if config.generation.split and any(p.split for p in problems):
-            problems = [p for p in problems if p.split == config.generation.split]
+        gen = config.generation
+        problems = [
+            p
+            for p in resolve_problems(gen.problems)
+            if gen.split is None or p.split in (None, gen.split)  # as `deepcoder run` selects
+        ]
+        if gen.limit is not None:
+            problems = problems[: gen.limit]
         if not problems:
             raise ConfigError(
                 f"no problems to generate from {config.generation.problems or 'bundled'} "
