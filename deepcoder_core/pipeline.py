@@ -78,7 +78,12 @@ class RunContext:
 
     def tokenizer_path(self) -> str:
         cfg = self.config
-        path = cfg.processing.tokenizer or cfg.student.path or self.teacher_model_path()
+        path = (
+            cfg.processing.tokenizer
+            or cfg.student.tokenizer
+            or cfg.student.path
+            or self.teacher_model_path()  # the student is pruned from this teacher
+        )
         if path is None:
             raise PipelineError(
                 "no tokenizer for processing: set processing.tokenizer or student.path "
