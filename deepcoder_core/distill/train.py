@@ -343,9 +343,9 @@ def _trainer_classes() -> tuple[type, type, type]:
             # Per span type: [sum of divergence * tokens, tokens, sum of top-1 agreement * tokens].
             self.window = torch.zeros(len(SPAN_NAMES), 3, dtype=torch.float64)
             self.since_log = torch.zeros_like(self.window)
-            # [tokens, aux loss sum, micro-batches, distill loss sum]
-            self.window_extra = torch.zeros(4, dtype=torch.float64)
-            self.since_log_extra = torch.zeros(4, dtype=torch.float64)
+            # [tokens, router aux loss sum, micro-batches]
+            self.window_extra = torch.zeros(3, dtype=torch.float64)
+            self.since_log_extra = torch.zeros(3, dtype=torch.float64)
             self.window_experts: Any = None
             self.since_log_experts: Any = None
             self.last_log_time = time.perf_counter()
@@ -424,7 +424,7 @@ def _trainer_classes() -> tuple[type, type, type]:
                     loss_fn=setup.ce_fn,
                 )
                 loss = loss + setup.config.loss.ce_weight * ce
-            self.record(metrics, keep, loss)
+            self.record(metrics, keep)
             if setup.moe and getattr(outputs, "aux_loss", None) is not None:
                 coef = setup.config.student.router_aux_loss_coef
                 share = self.current_gradient_accumulation_steps * max(1, self.args.world_size)
@@ -468,7 +468,7 @@ def _trainer_classes() -> tuple[type, type, type]:
             return signal
 
         # -------------------------------------------------------------- metrics
-        def record(self, metrics: dict[int, dict[str, float]], keep: Any, loss: Any) -> None:
+        def record(self, metrics: dict[int, dict[str, float]], keep: Any) -> None:
             for span, values in metrics.items():
                 count = float(values.get("tokens", 0))
                 self.window[span, 0] += float(values.get("loss", 0.0)) * count
@@ -476,7 +476,6 @@ def _trainer_classes() -> tuple[type, type, type]:
                 self.window[span, 2] += float(values.get("top1", 0.0)) * count
             self.window_extra[0] += float(keep.sum())
             self.window_extra[2] += 1
-            self.window_extra[3] += float(loss.detach())
 
         def record_experts(self, router_logits: Any, mask: Any) -> None:
             config = getattr(self.model, "config", None)
@@ -498,15 +497,13 @@ def _trainer_classes() -> tuple[type, type, type]:
                 flat = torch.cat(packed).to(self.args.device)
                 flat = self.accelerator.reduce(flat, reduction="sum").cpu()
                 window = flat[: window.numel()].reshape(window.shape)
-                extra = flat[window.numel() : window.numel() + 4]
+                extra = flat[window.numel() : window.numel() + 3]
                 if experts is not None:
-                    experts = flat[window.numel() + 4 :]
+                    experts = flat[window.numel() + 3 :]
             state = self.setup.state
-            means = {}
             for span in SPAN_NAMES:
                 if window[span, 1] > 0:
                     mean = float(window[span, 0] / window[span, 1])
-                    means[span] = mean
                     old = state.span_loss_ema.get(span)
                     state.span_loss_ema[span] = (
                         mean if old is None else EMA_DECAY * old + (1 - EMA_DECAY) * mean
