@@ -37,7 +37,9 @@ def main() -> None:
         "naive_import_torch": median_seconds([sys.executable, "-c", "import torch"]),
         "target_seconds": 0.5,
     }
-    results["meets_target"] = max(results["deepcoder_help"], results["deepcoder_plugins_all_json"]) < 0.5
+    results["meets_target"] = (
+        max(results["deepcoder_help"], results["deepcoder_plugins_all_json"]) < 0.5
+    )
     print(json.dumps(results, indent=2))
 
 

@@ -174,7 +174,9 @@ class ServerConfig:
     ep_size: int = 1
     startup_timeout: float = 600.0
     extra_args: list[str] = field(default_factory=list)
-    command: str | None = None  # backend custom: launch template with {python} {model} {host} {port}
+    command: str | None = (
+        None  # backend custom: launch template with {python} {model} {host} {port}
+    )
     watch: bool = False  # restart a crashed server
     restart_backoff: float = 1.0  # seconds before the first restart, doubled per failed restart
     restart_backoff_max: float = 60.0
