@@ -135,7 +135,7 @@ def remote(trajectories: int, steps: int, concurrency: int) -> dict:
     }
 
 
-def local(agents: int, max_new_tokens: int) -> dict:
+def local(agents: int, max_new_tokens: int, decode_chunk: int) -> dict:
     import torch
 
     from deepcoder_core.agent import STOP, AgentRun
@@ -143,7 +143,7 @@ def local(agents: int, max_new_tokens: int) -> dict:
     from deepcoder_core.plugins import build
     from deepcoder_core.problems import bundled_problems
 
-    teacher = build("teacher", "hf")
+    teacher = build("teacher", "hf", decode_chunk=decode_chunk)
     chats = [AgentRun(p, {}, {}, AgentConfig()).messages for p in bundled_problems()[:agents]]
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "stop": list(STOP)}
     teacher.complete(chats[0], **{**params, "max_new_tokens": 4})  # load and warm up
@@ -165,6 +165,7 @@ def local(agents: int, max_new_tokens: int) -> dict:
         "model": teacher.model,
         "agents": agents,
         "max_new_tokens": max_new_tokens,
+        "decode_chunk": decode_chunk,
         "torch_threads": torch.get_num_threads(),
         "complete_batch": batched,
         "one_after_another": one_by_one,
@@ -181,6 +182,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--agents", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)  # configs/config.yaml's agent
+    parser.add_argument("--decode-chunk", type=int, default=32, help="hf: 0 = one generate call")
     parser.add_argument("--skip-local", action="store_true", help="Only the remote schedule.")
     parser.add_argument("--skip-remote", action="store_true", help="Only the local schedule.")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -191,7 +193,7 @@ def main() -> None:
     if not args.skip_remote:
         report["remote"] = remote(args.trajectories, args.steps, args.concurrency)
     if not args.skip_local:
-        report["local_hf"] = local(args.agents, args.max_new_tokens)
+        report["local_hf"] = local(args.agents, args.max_new_tokens, args.decode_chunk)
     print(json.dumps(report, indent=2))
 
 
