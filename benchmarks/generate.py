@@ -8,8 +8,7 @@
 2. Local schedule: the ``hf`` teacher (SmolLM2-135M-Instruct, the offline default) writes the
    first step of 8 agents (greedy, up to 256 new tokens, stopping at ``Observation:``) through
    one ``complete_batch`` call versus the same 8 chats one after another; completion tokens
-   per second (target: at least 3x). Both paths reuse the system prompt's KV cache; the batch
-   drops rows as they finish (every 32 tokens).
+   per second (target: at least 3x). Both paths reuse the system prompt's KV cache.
 
 Run under the shared CPU lock: ``flock /tmp/deepcoder-cpu.lock python benchmarks/generate.py``.
 """
@@ -135,7 +134,7 @@ def remote(trajectories: int, steps: int, concurrency: int) -> dict:
     }
 
 
-def local(agents: int, max_new_tokens: int, decode_chunk: int) -> dict:
+def local(agents: int, max_new_tokens: int) -> dict:
     import torch
 
     from deepcoder_core.agent import STOP, AgentRun
@@ -143,7 +142,7 @@ def local(agents: int, max_new_tokens: int, decode_chunk: int) -> dict:
     from deepcoder_core.plugins import build
     from deepcoder_core.problems import bundled_problems
 
-    teacher = build("teacher", "hf", decode_chunk=decode_chunk)
+    teacher = build("teacher", "hf")
     chats = [AgentRun(p, {}, {}, AgentConfig()).messages for p in bundled_problems()[:agents]]
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "stop": list(STOP)}
     teacher.complete(chats[0], **{**params, "max_new_tokens": 4})  # load and warm up
@@ -165,7 +164,6 @@ def local(agents: int, max_new_tokens: int, decode_chunk: int) -> dict:
         "model": teacher.model,
         "agents": agents,
         "max_new_tokens": max_new_tokens,
-        "decode_chunk": decode_chunk,
         "torch_threads": torch.get_num_threads(),
         "complete_batch": batched,
         "one_after_another": one_by_one,
@@ -182,7 +180,6 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--agents", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)  # configs/config.yaml's agent
-    parser.add_argument("--decode-chunk", type=int, default=32, help="hf: 0 = one generate call")
     parser.add_argument("--skip-local", action="store_true", help="Only the remote schedule.")
     parser.add_argument("--skip-remote", action="store_true", help="Only the local schedule.")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -193,7 +190,7 @@ def main() -> None:
     if not args.skip_remote:
         report["remote"] = remote(args.trajectories, args.steps, args.concurrency)
     if not args.skip_local:
-        report["local_hf"] = local(args.agents, args.max_new_tokens, args.decode_chunk)
+        report["local_hf"] = local(args.agents, args.max_new_tokens)
     print(json.dumps(report, indent=2))
 
 

@@ -36,7 +36,6 @@ class HFTeacher:
         max_new_tokens: int = 256,
         prefix_cache: bool = True,
         min_prefix_tokens: int = 32,
-        decode_chunk: int = 32,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"teacher 'hf': max_batch_size must be >= 1, got {max_batch_size}")
@@ -48,7 +47,6 @@ class HFTeacher:
         self.default_max_new_tokens = max_new_tokens
         self.prefix_cache = prefix_cache
         self.min_prefix_tokens = min_prefix_tokens
-        self.decode_chunk = decode_chunk  # tokens per generate call between dropping finished rows
         self._prefixes: dict[str, tuple[list[int], Any]] = {}  # system message -> (ids, KV cache)
         self.stats = TeacherStats()
         self._path: str | None = None
@@ -148,49 +146,20 @@ class HFTeacher:
         prompt_len = enc["input_ids"].shape[1]
         if stop:
             kwargs["stopping_criteria"] = _stop_criteria(tokenizer, stop, prompt_len)
-        stops = {tokenizer.pad_token_id, tokenizer.eos_token_id, *_eos_ids(model)}
-        stops.discard(None)
-        outputs: list[list[int]] = [[] for _ in rows]  # generated tokens per row
-
-        def finished(tokens: list[int]) -> bool:
-            if len(tokens) >= max_new or any(t in stops for t in tokens):
-                return True
-            return bool(stop) and cut_at_stop(tokenizer.decode(tokens), stop)[1]
-
         with self._lock, torch.inference_mode():
             if params.get("seed") is not None:
                 torch.manual_seed(int(params["seed"]))
-            cache = None
             if prefix_cache is not None:
                 cache = copy.deepcopy(prefix_cache)  # generate appends to the cache it is given
                 if len(rows) > 1:
                     cache.batch_repeat_interleave(len(rows))
-            ids, attn = enc["input_ids"], enc["attention_mask"]
-            active = list(range(len(rows)))
-            # Generate in chunks and drop the rows that have finished, so a long reply does not
-            # keep the short ones' compute busy on padding (continuous batching, simplified).
-            while active:
-                step = max_new - len(outputs[active[0]])
-                if self.decode_chunk:
-                    step = min(step, self.decode_chunk)
-                call = dict(kwargs, max_new_tokens=step, return_dict_in_generate=True)
-                if cache is not None:
-                    call["cache"] = cache
-                out = model.generate(input_ids=ids, attention_mask=attn, **call)
-                new = out.sequences[:, ids.shape[1] :]
-                for j, i in enumerate(active):
-                    outputs[i].extend(new[j].tolist())
-                keep = [j for j, i in enumerate(active) if not finished(outputs[i])]
-                if not keep:
-                    break
-                cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-                index = torch.tensor(keep, device=ids.device)
-                cache.batch_select_indices(index)
-                attn = torch.cat([attn, attn.new_ones(new.shape)], dim=1)[index]
-                ids = out.sequences[index]
-                active = [active[j] for j in keep]
+                kwargs["cache"] = cache
+            generated = model.generate(**enc, **kwargs)
+        stops = {tokenizer.pad_token_id, tokenizer.eos_token_id, *_eos_ids(model)}
+        stops.discard(None)
         results = []
-        for new, prompt in zip(outputs, rows, strict=True):
+        for row, prompt in zip(generated, rows, strict=True):
+            new = row[prompt_len:].tolist()
             length = len(new)
             for i, tok in enumerate(new):
                 if tok in stops:

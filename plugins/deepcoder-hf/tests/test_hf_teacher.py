@@ -148,24 +148,3 @@ def test_system_prompt_cache_changes_nothing_but_the_work(teacher, tiny_model):
         assert [c.text for c in a] == [c.text for c in b]
         assert [c.usage for c in a] == [c.usage for c in b]
     assert cache.get_seq_length() == len(prefix)  # the stored cache is never extended
-
-
-def test_finished_rows_leave_the_batch(teacher, tiny_model, monkeypatch):
-    chunked = deepcoder_hf.HFTeacher(model=tiny_model, decode_chunk=1)
-    chunked._tokenizer, chunked._hf_model = teacher.tokenizer, teacher.hf_model
-    chats, params = CHATS[:2], {"temperature": 1.0, "max_new_tokens": 6, "seed": 5}
-    whole = teacher.complete_batch(chats, **params)  # one generate call (decode_chunk=32)
-    assert [c.text for c in chunked.complete_batch(chats, **params)] == [c.text for c in whole]
-    stop = whole[0].text[:4]
-    assert len(stop) == 4 and stop not in whole[1].text
-    sizes = []
-    generate = chunked.hf_model.generate
-    monkeypatch.setattr(
-        chunked.hf_model,
-        "generate",
-        lambda **kw: sizes.append(kw["input_ids"].shape[0]) or generate(**kw),
-    )
-    first, second = chunked.complete_batch(chats, **params, stop=[stop])
-    assert (first.text, first.finish_reason) == ("", "stop")  # cut before its stop string
-    assert second.usage.completion_tokens == 6 and second.finish_reason == "length"
-    assert sizes[0] == 2 and sizes[-1] == 1  # the finished row stopped costing compute
