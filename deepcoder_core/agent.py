@@ -10,8 +10,10 @@ the problem's tests.
 ``advance``), so a generator can drive many runs with one batched teacher call.
 :func:`parse_step` tolerates what real teachers write: ``<think>`` blocks or a separate
 reasoning field, markdown bold and code fences, ``Action``/``Action Input`` spelling
-variants, JSON inputs, OpenAI-style tool calls, and replies that go on to invent their own
-``Observation:`` (cut there). Bad teacher output never raises: it becomes a format hint to
+variants, JSON inputs, OpenAI-style tool calls, replies that go on to invent their own
+``Observation:`` (cut there), and bare code blocks with no markers at all (small models
+answer so: a block defining the entry point is the final answer, another runs as a
+``python`` action). Bad teacher output never raises: it becomes a format hint to
 the teacher, and at the end a recorded error.
 """
 
@@ -325,8 +327,39 @@ def parse_step(
     if found:
         step.thought = _THOUGHT.sub("", body[: found["at"]].strip()).strip()
         return _json_step(step, found, entry_point)
+    if _implicit_step(step, body, entry_point):
+        return step
     step.error = "found neither 'Action:' with 'Action Input:' nor 'Final Answer:'"
     return step
+
+
+def _implicit_step(step: ParsedStep, body: str, entry_point: str | None) -> bool:
+    """Read a reply with no markers but a python block the way small models mean it.
+
+    A block that defines the entry point is the final answer (the text from that block on);
+    any other block is run as a ``python`` action. The text before it is the thought.
+    """
+    blocks = [
+        m
+        for m in _FENCE.finditer(body)
+        if m.group(1).lower() in ("", "python", "py", "python3") and m.group(2).strip()
+    ]
+    if not blocks:
+        return False
+    defining = [
+        m
+        for m in blocks
+        if entry_point and re.search(rf"\bdef\s+{re.escape(entry_point)}\b", m.group(2))
+    ]
+    chosen = defining[0] if defining else blocks[0]
+    step.thought = _THOUGHT.sub("", body[: chosen.start()].strip()).strip()
+    code = chosen.group(2).strip("\n")
+    if defining:
+        step.final_answer = body[chosen.start() :].strip()
+        step.code = code
+    else:
+        step.action = {"tool": "python", "input": code}
+    return True
 
 
 def _until_next_part(text: str) -> str:

@@ -187,7 +187,7 @@ def test_no_final_answer_ends_with_an_error_and_hints_the_format():
 
 def test_without_final_answer_the_last_code_block_is_still_checked():
     replies = [
-        f"Here is my code:\n```python\n{SOLUTION}```",
+        f"Thought: try it.\nAction: python\nAction Input: ```python\n{SOLUTION}```",
         "I think that is it.",
     ]
     record = run_agent(
@@ -197,6 +197,26 @@ def test_without_final_answer_the_last_code_block_is_still_checked():
     assert record["final_answer"].strip() == SOLUTION.strip()
     if _checking_available():
         assert record["success"] is True
+
+
+def test_a_bare_code_block_defining_the_entry_point_is_the_final_answer():
+    reply = f"Here is my code:\n```python\n{SOLUTION}```\nIt reverses the words."
+    record = run_agent(
+        ScriptedTeacher([reply]), PROBLEM, {}, AgentConfig(max_steps=2, tool_timeout=5.0)
+    )
+    assert record["error"] is None and len(record["steps"]) == 1
+    step = record["steps"][0]
+    assert step["thought"] == "Here is my code:" and step["action"] is None
+    assert record["final_answer"].strip() == SOLUTION.strip()
+    if _checking_available():
+        assert record["success"] is True
+
+
+def test_a_bare_code_block_that_defines_nothing_asked_for_is_a_python_action():
+    step = parse_step("Let me try:\n```python\nprint(1 + 1)\n```", entry_point="reverse_words")
+    assert step.error is None and step.final_answer is None
+    assert step.action == {"tool": "python", "input": "print(1 + 1)"}
+    assert step.thought == "Let me try:"
 
 
 def test_token_budget_stops_the_run():
@@ -393,7 +413,7 @@ def test_parse_cuts_a_self_written_observation():
         "   ",
         "Action:",
         "Action: python\nAction Input:",
-        "```python\nx=1\n```",
+        "```python\n\n```",
         "{not json",
         "\x00",
     ],
