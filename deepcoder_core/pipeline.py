@@ -129,7 +129,15 @@ def _generate(ctx: RunContext) -> dict[str, Any]:
     problems = ctx.problems("generation")
     if not problems:
         raise PipelineError(f"no problems for generation.split={cfg.generation.split!r}")
-    return generate(cfg, problems=problems, out=ctx.out / "trajectories.jsonl", resume=True)
+    summary = generate(cfg, problems=problems, out=ctx.out / "trajectories.jsonl", resume=True)
+    written = summary.get("written_this_run", 0)
+    if written and summary.get("teacher_failed_this_run") == written:
+        kinds = ", ".join(k for k in summary.get("errors_by_kind", {}) if k.startswith("teacher"))
+        raise PipelineError(
+            f"every trajectory failed with a teacher error ({kinds}); nothing to distil — "
+            f"see {ctx.out / 'trajectories.jsonl'}"
+        )
+    return summary
 
 
 def _process(ctx: RunContext) -> dict[str, Any]:
@@ -266,6 +274,10 @@ def run_pipeline(config: Config, out: Path, force: tuple[str, ...] = ()) -> dict
     out.mkdir(parents=True, exist_ok=True)
     snapshot(config, out / "config.yaml")
     ctx = RunContext(config, out)
+    # Fail now, not after hours of generation: a missing tokenizer, a loss the teacher cannot feed.
+    ctx.tokenizer_path()
+    for stage in PIPELINE:
+        stage.enabled(ctx)
     upstream: list[str] = []
     total = len(PIPELINE)
     for index, stage in enumerate(PIPELINE, start=1):

@@ -14,7 +14,14 @@ from typing import Any
 
 from .config import Config
 from .io import read_jsonl
-from .report import bar_chart, image_link, line_chart, markdown_table, write_markdown
+from .report import (
+    bar_chart,
+    format_value,
+    image_link,
+    line_chart,
+    markdown_table,
+    write_markdown,
+)
 
 SPANS = ("reasoning", "action", "observation", "answer")
 
@@ -78,7 +85,9 @@ def write_run_report(out: Path, state: dict[str, Any], config: Config) -> dict[s
             "## Teacher, undistilled student and distilled student",
             f"{evaluation.get('problems', {}).get('count', '?')} held-out problems, "
             f"{evaluation.get('samples', '?')} sample(s) each. Details: `eval/report.md`.",
-            markdown_table(rows, list(rows[0])),
+            # Columns no model has a value for (agreement needs teacher trajectories of the
+            # same problems) would only be dashes.
+            markdown_table(rows, [c for c in rows[0] if any(r[c] is not None for r in rows)]),
         ]
         bar_chart(
             plots / "pass_rates.png",
@@ -104,7 +113,8 @@ def write_run_report(out: Path, state: dict[str, Any], config: Config) -> dict[s
         blocks += [
             "## Distillation",
             f"{training.get('steps')} steps, signal `{training.get('signal')}`, "
-            f"loss {training.get('loss', {}).get('first')} -> {training.get('loss', {}).get('last')}, "
+            f"loss {format_value(training.get('loss', {}).get('first'))} -> "
+            f"{format_value(training.get('loss', {}).get('last'))}, "
             f"{training.get('tokens_per_second')} tokens/s.",
         ]
         if span_rows:
@@ -141,6 +151,7 @@ def write_run_report(out: Path, state: dict[str, Any], config: Config) -> dict[s
     stage_rows = [
         {"stage": name, "status": s.get("status"), "seconds": s.get("seconds")}
         for name, s in stages.items()
+        if name != "report"  # this page
     ]
     blocks += ["## Stages", markdown_table(stage_rows, ["stage", "status", "seconds"])]
     if charts:
