@@ -58,6 +58,27 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# Standard-library modules with no I/O, process or interpreter access: the python tool's
+# import allow-list, and the modules whose documentation the retriever indexes.
+PURE_MODULES = (
+    "math",
+    "re",
+    "itertools",
+    "collections",
+    "functools",
+    "heapq",
+    "bisect",
+    "string",
+    "json",
+    "statistics",
+    "fractions",
+    "decimal",
+    "operator",
+    "typing",
+    "dataclasses",
+    "random",
+)
+
 __all__ = [
     "Limits",
     "SandboxError",

@@ -32,26 +32,9 @@ from typing import Any
 
 from deepcoder_core import hookimpl
 from deepcoder_core.protocols import Observation
+from deepcoder_core.sandbox import PURE_MODULES
 
-DEFAULT_MODULES = (
-    "builtins",
-    "math",
-    "re",
-    "itertools",
-    "collections",
-    "functools",
-    "heapq",
-    "bisect",
-    "string",
-    "json",
-    "statistics",
-    "fractions",
-    "decimal",
-    "operator",
-    "typing",
-    "dataclasses",
-    "random",
-)
+DEFAULT_MODULES = ("builtins", *PURE_MODULES)  # the modules the python tool may import
 DOC_SUFFIXES = (".md", ".txt", ".rst", ".py")
 INDEX_VERSION = 1  # bump when passages or tokens change shape
 _WORD = re.compile(r"[a-z0-9_]+")

@@ -42,32 +42,12 @@ from RestrictedPython.Guards import (
 from RestrictedPython.PrintCollector import PrintCollector
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
-from deepcoder_core.sandbox import register_source, short_traceback
+from deepcoder_core.sandbox import PURE_MODULES, register_source, short_traceback
 
 FILENAME = "<python>"
 SANDBOX_MODULE = "__sandbox__"  # __module__ of every class and function the code defines
 
-ALLOWED_MODULES = frozenset(
-    {
-        "math",
-        "re",
-        "itertools",
-        "collections",
-        "collections.abc",
-        "functools",
-        "heapq",
-        "bisect",
-        "string",
-        "json",
-        "statistics",
-        "fractions",
-        "decimal",
-        "operator",
-        "typing",
-        "dataclasses",
-        "random",
-    }
-)
+ALLOWED_MODULES = frozenset({*PURE_MODULES, "collections.abc"})
 
 _FORMATTABLE = (str, collections.UserString)  # their .format() walks attributes by name
 _REFUSED_NAMES = INSPECT_ATTRIBUTES | {"mro", "f_trace_lines", "f_trace_opcodes", "tb_lasti"}
