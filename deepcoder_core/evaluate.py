@@ -938,9 +938,9 @@ def eval_command(
     """Evaluate models as agents: pass@k, steps, tool errors, tokens, per difficulty and category.
 
     \b
-    deepcoder eval --model runs/default/student --teacher hf -n 5 --k 1,5
+    deepcoder eval --model runs/default/train/student --teacher hf -n 5 --k 1,5
     deepcoder eval --server http://127.0.0.1:30000/v1 --problems bundled --problems humaneval
-    deepcoder eval --model base=runs/a/baseline --model distilled=runs/a/student \\
+    deepcoder eval --model base=runs/a/baseline --model distilled=runs/a/train/student \\
         --teacher-trajectories runs/a/trajectories.jsonl
     """
     from .cli import fail
