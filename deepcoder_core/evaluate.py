@@ -419,7 +419,7 @@ def _run_model(
 ) -> list[dict[str, Any]]:
     """All trajectories of one model, reusing those already in its JSONL file."""
     from .agent import AgentRun
-    from .generate import GenerationError, _run_batched, _run_concurrent
+    from .generate import GenerationError, run_batched, run_concurrent
     from .io import BadLine, JsonlWriter, atomic_write_json, read_jsonl
     from .plugins import PluginError, build
     from .teachers import TeacherError
@@ -487,7 +487,7 @@ def _run_model(
 
             # The generator's schedules: batched steps for local models, threads for servers.
             batched = callable(getattr(teacher, "complete_batch", None))
-            driver = _run_batched if batched else _run_concurrent
+            driver = run_batched if batched else run_concurrent
             try:
                 driver(teacher, deque(jobs), make_run, record, params, config.generation, set())
             except (GenerationError, TeacherError) as exc:

@@ -222,9 +222,9 @@ def generate(
             bar[0].start()
         try:
             if callable(getattr(teacher, "complete_batch", None)):
-                _run_batched(teacher, pending, start, record, params, gen, failed_ids)
+                run_batched(teacher, pending, start, record, params, gen, failed_ids)
             else:
-                _run_concurrent(teacher, pending, start, record, params, gen, failed_ids)
+                run_concurrent(teacher, pending, start, record, params, gen, failed_ids)
         finally:
             if bar is not None:
                 bar[0].stop()
@@ -246,7 +246,7 @@ def generate(
     return summary
 
 
-def _run_concurrent(
+def run_concurrent(
     teacher: Any,
     pending: deque,
     start: Callable[[Any, int], Any],
@@ -296,7 +296,7 @@ def _run_concurrent(
                 future.cancel()
 
 
-def _run_batched(
+def run_batched(
     teacher: Any,
     pending: deque,
     start: Callable[[Any, int], Any],
