@@ -26,17 +26,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .chat_template import CHATML_TEMPLATE, ChatRenderer
 from .protocols import Span, SpanType
 
 FORMATS = ("deepcoder", "openai", "fireact", "sharegpt", "text")
-
-# A minimal ChatML template for tokenizers that ship none (same scaffolding as Qwen / SmolLM2).
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 
 # Tags a model itself emits around reasoning, tool calls and (as the template shows them)
 # tool results; the chat template may insert them around text, so they take the span type.
@@ -439,6 +432,13 @@ _PARSERS = {
 def normalize_spans(text: str, spans: list[Span]) -> tuple[Span, ...]:
     """Sorted, non-overlapping spans; whitespace at the start of a span moves to the span
     before it, neighbours of one type merge (lowest confidence kept)."""
+    if len(spans) == 1:  # the common case (a whole message of one type) needs no sorting
+        span = spans[0]
+        start, end = max(span.start, 0), min(span.end, len(text))
+        if end <= start:
+            return ()
+        kind = span.type if type(span.type) is SpanType else SpanType(span.type)
+        return (Span(start, end, kind, span.confidence),)
     out: list[Span] = []
     for span in sorted(spans, key=lambda s: (s.start, -s.end)):
         start = max(span.start, out[-1].end if out else 0)
@@ -458,7 +458,8 @@ def normalize_spans(text: str, spans: list[Span]) -> tuple[Span, ...]:
             prev = out[-1]
             out[-1] = Span(prev.start, end, prev.type, min(prev.confidence, span.confidence))
             continue
-        out.append(Span(start, end, SpanType(span.type), span.confidence))
+        kind = span.type if type(span.type) is SpanType else SpanType(span.type)
+        out.append(Span(start, end, kind, span.confidence))
     return tuple(out)
 
 
@@ -474,8 +475,9 @@ def detect_spans(detector: Any, segments: list[Segment]) -> list[tuple[Span, ...
             raise ValueError(
                 f"span detector returned {len(found)} span lists for {len(segments)} segments"
             )
+        # a segment's own parts come normalized (fill_gaps): passed on as they are
         return [
-            normalize_spans(seg.text, list(spans))
+            spans if spans is seg.parts and spans else normalize_spans(seg.text, list(spans))
             for seg, spans in zip(segments, found, strict=False)
         ]
     out = []
@@ -539,9 +541,11 @@ def render(segments: list[Segment], tokenizer: Any) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)
 
 
-def render_many(chats: list[list[Segment]], tokenizer: Any) -> list[str | Exception]:
-    """:func:`render` for many chats with one template call; a chat the template rejects
-    gets its exception in its place."""
+def render_many(
+    chats: list[list[Segment]], tokenizer: Any, renderer: ChatRenderer | None = None
+) -> list[str | Exception]:
+    """:func:`render` for many chats in one go (through ``renderer`` when given, built once per
+    tokenizer); a chat the template rejects gets its exception in its place."""
     out: list[str | Exception] = [""] * len(chats)
     batch = [i for i, segs in enumerate(chats) if segs and segs[0].role != "text"]
     for i, segs in enumerate(chats):
@@ -551,12 +555,14 @@ def render_many(chats: list[list[Segment]], tokenizer: Any) -> list[str | Except
         return out
     tools = template_supports_tools(tokenizer)
     template = None if getattr(tokenizer, "chat_template", None) else CHATML_TEMPLATE
+    messages = [build_messages(chats[i], tools=tools) for i in batch]
     try:
-        rendered = tokenizer.apply_chat_template(
-            [build_messages(chats[i], tools=tools) for i in batch],
-            tokenize=False,
-            chat_template=template,
-        )
+        if renderer is not None:
+            rendered = renderer.render(messages)
+        else:
+            rendered = tokenizer.apply_chat_template(
+                messages, tokenize=False, chat_template=template
+            )
         for i, text in zip(batch, rendered, strict=True):
             out[i] = text
     except Exception:  # one chat broke the batch: render one by one to find it
@@ -566,6 +572,20 @@ def render_many(chats: list[list[Segment]], tokenizer: Any) -> list[str | Except
             except Exception as exc:
                 out[i] = exc
     return out
+
+
+def prompt_end(rendered: str, segments: list[Segment]) -> int:
+    """Where the prompt's last text ends in ``rendered`` (0 when the template changed it)."""
+    cursor = 0
+    for seg in segments:
+        if not seg.prompt:
+            break
+        if seg.text:
+            pos = rendered.find(seg.text, cursor)
+            if pos == -1:
+                return 0
+            cursor = pos + len(seg.text)
+    return cursor
 
 
 @dataclass
