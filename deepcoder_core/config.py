@@ -103,8 +103,8 @@ class ProcessingConfig:
     min_action_ratio: float = 0.0
     successful_only: bool = True
     dedup: bool = True
-    num_proc: int = 1
-    batch_size: int = 64  # records per tokenizer batch / datasets.map batch
+    num_proc: int = 0  # worker processes; 0: one per core
+    batch_size: int = 64  # records per tokenizer batch
     max_record_bytes: int = 16_000_000  # longer JSONL lines are reported as bad input
     agreement_sample: int = 200  # records on which structured and regex are compared (0: off)
 

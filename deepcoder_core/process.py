@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
+from .chat_template import ChatRenderer
 from .config import Config, ConfigError, load_config, snapshot
+from .encoding import PromptEncoder, arrays
 from .io import BadLine, atomic_write_json, read_jsonl
 from .plugins import PluginError
 from .protocols import Span, SpanType
@@ -38,6 +41,7 @@ from .spans import (
     detect_spans,
     locate,
     parse_record,
+    prompt_end,
     render,
     render_many,
     template_supports_tools,
@@ -141,6 +145,8 @@ class Worker:
         self.special = np.zeros(len(self.tokenizer) + 1, dtype=bool)
         self.special[list(self.tokenizer.all_special_ids)] = True
         self.tools = template_supports_tools(self.tokenizer)
+        self.renderer = ChatRenderer(self.tokenizer)
+        self.encoder = PromptEncoder(self.tokenizer)
         self.detector = build("span_detector", settings.detector, **settings.detector_options)
         self.other = None
         if settings.agreement_sample > 0:
@@ -150,35 +156,56 @@ class Worker:
                 self.other = None
 
     # ------------------------------------------------------------------ encoding
-    def _encode(self, texts: list[str]) -> list[Any]:
-        return self.backend.encode_batch(texts, add_special_tokens=False)
-
     def _label(
-        self, rendered: str, segments: list[Segment], spans: list[tuple[Span, ...]], enc: Any
+        self,
+        rendered: str,
+        segments: list[Segment],
+        spans: list[tuple[Span, ...]],
+        encoded: tuple[Any, Any],
     ) -> tuple[Example, Any, Any]:
         import numpy as np
 
         labels = np.zeros(len(rendered), np.int8)
         confidence = np.ones(len(rendered), np.float32)
         located = locate(rendered, segments, spans, labels, confidence)
-        ids = np.asarray(enc.ids, dtype=np.int32)
-        pairs = itertools.chain.from_iterable(enc.offsets)
-        offsets = np.fromiter(pairs, dtype=np.int64, count=2 * len(ids)).reshape(-1, 2)
+        ids, offsets = encoded
         special = self.special[ids]
         types, conf = token_spans(offsets, labels, confidence, special)
         return Example(ids, types, conf, located.missing_chars), offsets, located
 
     def _example(self, segments: list[Segment], spans: list[tuple[Span, ...]]) -> Example:
         rendered = render(segments, self.tokenizer)
-        return self._label(rendered, segments, spans, self._encode([rendered])[0])[0]
+        encoded = arrays(self.backend.encode(rendered, add_special_tokens=False))
+        return self._label(rendered, segments, spans, encoded)[0]
 
     # ------------------------------------------------------------------ records
     def run(self, items: list[tuple[int, int, dict[str, Any]]]) -> dict[str, list[Any]]:
         """``items``: (line, index, record). Returns columns; dropped records get one row with
         ``_drop`` set and empty token columns."""
         rows, prepared = self.prepare(items)
-        encodings = self._encode([p[4] for p in prepared]) if prepared else []
-        return self.finish(rows, prepared, encodings)
+        return self.finish(rows, prepared, self.encode(prepared))
+
+    def run_pipelined(
+        self, batches: Iterable[list[tuple[int, int, dict[str, Any]]]]
+    ) -> Iterator[dict[str, list[Any]]]:
+        """:meth:`run` over ``batches``, encoding batch k on a thread while batch k+1 is parsed
+        and rendered: the tokenizer releases the GIL, so its work and ours overlap."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="deepcoder-encode") as pool:
+            pending = None
+            for items in batches:
+                rows, prepared = self.prepare(items)
+                encoding = pool.submit(self.encode, prepared)
+                if pending is not None:
+                    yield self.finish(*pending[0], pending[1].result())
+                pending = (rows, prepared), encoding
+            if pending is not None:
+                yield self.finish(*pending[0], pending[1].result())
+
+    def encode(self, prepared: list[Any]) -> list[tuple[Any, Any]]:
+        """(ids, offsets) of each rendered chat, each distinct prompt encoded once."""
+        return self.encoder.encode([p[4] for p in prepared], [p[5] for p in prepared])
 
     def prepare(self, items: list[tuple[int, int, dict[str, Any]]]) -> tuple[_Rows, list[Any]]:
         """Parse, filter, detect and render each record of a batch."""
@@ -201,7 +228,9 @@ class Worker:
                 continue
             parsed_items.append((line, index, parsed, spans))
         prepared = []
-        rendered_all = render_many([p[2].segments for p in parsed_items], self.tokenizer)
+        rendered_all = render_many(
+            [p[2].segments for p in parsed_items], self.tokenizer, self.renderer
+        )
         for (line, index, parsed, spans), rendered in zip(parsed_items, rendered_all, strict=True):
             if isinstance(rendered, Exception):
                 reason = f"chat template: {type(rendered).__name__}: {rendered}"
@@ -213,7 +242,8 @@ class Worker:
                 reason = f"invalid UTF-8: lone surrogate at character {exc.start}"
                 rows.drop(line, index, "bad_record", reason, parsed=parsed)
                 continue
-            prepared.append((line, index, parsed, spans, rendered))
+            end = prompt_end(rendered, parsed.segments)
+            prepared.append((line, index, parsed, spans, rendered, end))
         return rows, prepared
 
     def finish(
@@ -221,7 +251,7 @@ class Worker:
     ) -> dict[str, list[Any]]:
         """Align, fit into ``max_length``, filter."""
         s = self.settings
-        for (line, index, parsed, spans, rendered), enc in zip(prepared, encodings, strict=True):
+        for (line, index, parsed, spans, rendered, _), enc in zip(prepared, encodings, strict=True):
             example, offsets, located = self._label(rendered, parsed.segments, spans, enc)
             agreement = None
             if self.other is not None and index < s.agreement_sample:
@@ -515,17 +545,49 @@ def _worker(settings: Settings) -> Worker:
     return _WORKERS[key]
 
 
-def _map_batch(batch: dict[str, list[Any]], settings: Settings) -> dict[str, list[Any]]:
-    """``datasets.map`` function: records (as JSON text) in, example rows out."""
-    # each worker process is one core's worth: the tokenizer's own thread pool would oversubscribe
+# What forked workers inherit: (worker, items, batch size). Set only while a pool runs.
+_FORKED: tuple[Worker, list[Any], int] | None = None
+
+
+def _forked_task(starts: list[int]):
+    """In a forked process: the example rows of the batches at ``starts``, as one Arrow table."""
+    worker, items, batch = _FORKED
+    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
+    for done in (worker.run(items[start : start + batch]) for start in starts):
+        for name, values in done.items():
+            columns[name].extend(values)
+    return _table(columns)
+
+
+def _run_forked(worker: Worker, items: list[Any], batch: int, num_proc: int, bar: Any) -> Any:
+    """The records in ``num_proc`` forked processes (they inherit the worker: tokenizer, template,
+    detector are not loaded again), a few batches per task; one Arrow table, in input order."""
+    import multiprocessing
+
+    import pyarrow as pa
+
+    global _FORKED
+    starts = list(range(0, len(items), batch))
+    # two tasks per process: enough to balance the load, long enough to keep encoding pipelined
+    per_task = max(1, -(-len(starts) // (2 * num_proc)))
+    tasks = [starts[i : i + per_task] for i in range(0, len(starts), per_task)]
+    # one tokenizer thread per process; set before fork so tokenizers does not warn about it
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    items = [
-        (line, index, json.loads(text))
-        for line, index, text in zip(
-            batch["_line"], batch["_index"], batch["_record"], strict=False
-        )
-    ]
-    return _worker(settings).run(items)
+    _FORKED = (worker, items, batch)
+    try:
+        with multiprocessing.get_context("fork").Pool(num_proc) as pool:
+            tables = []
+            for task, table in zip(tasks, pool.imap(_forked_task, tasks), strict=True):
+                tables.append(table)
+                bar.update(len(task))
+    finally:
+        _FORKED = None
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+    return pa.concat_tables(tables)
 
 
 def _table(columns: dict[str, list[Any]]):
@@ -615,7 +677,9 @@ def process(
     if not trajectories.is_file():
         raise ProcessError(f"{trajectories}: no such trajectories file")
     detector = detector or cfg.detector
-    num_proc = max(1, int(num_proc or cfg.num_proc))
+    num_proc = int(cfg.num_proc if num_proc is None else num_proc)
+    if num_proc <= 0:  # one per core this process may use
+        num_proc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     settings = Settings(
         tokenizer=resolve_tokenizer(config, tokenizer),
         detector=detector,
@@ -644,43 +708,22 @@ def process(
     ]
     phases["read"] = time.perf_counter() - started - sum(phases.values())
     batch = max(1, cfg.batch_size)
-    if num_proc == 1 or len(items) < 2 * batch:
-        columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
-        chunks = range(0, len(items), batch)
-        with click.progressbar(chunks, label="process", file=None if progress else _Null()) as bar:
-            for start in bar:
-                for name, values in worker.run(items[start : start + batch]).items():
+    if "fork" not in multiprocessing.get_all_start_methods():
+        num_proc = 1  # workers inherit the loaded tokenizer by fork (Linux, macOS)
+    chunks = range(0, len(items), batch)
+    with click.progressbar(chunks, label="process", file=None if progress else _Null()) as bar:
+        if num_proc == 1 or len(items) < 2 * batch:
+            columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
+            batches = (items[start : start + batch] for start in bar)
+            for done in worker.run_pipelined(batches):
+                for name, values in done.items():
                     columns[name].extend(values)
-        from datasets import Dataset
+            table = _table(columns)
+        else:
+            table = _run_forked(worker, items, batch, num_proc, bar)
+    from datasets import Dataset
 
-        dataset = Dataset(_table(columns))
-    else:
-        from datasets import Dataset, disable_progress_bars, enable_progress_bars
-
-        source = Dataset.from_dict(
-            {
-                "_line": [line for line, _, _ in items],
-                "_index": [index for _, index, _ in items],
-                "_record": [json.dumps(record, ensure_ascii=False) for _, _, record in items],
-            }
-        )
-        if not progress:
-            disable_progress_bars()
-        try:
-            dataset = source.map(
-                _map_batch,
-                batched=True,
-                batch_size=batch,
-                num_proc=num_proc,
-                fn_kwargs={"settings": settings},
-                remove_columns=source.column_names,
-                features=features(),
-                desc="process",
-                load_from_cache_file=False,
-            )
-        finally:
-            enable_progress_bars()
-
+    dataset = Dataset(table)
     phases["records"] = time.perf_counter() - started - sum(phases.values())
 
     # ---- drops, de-duplication, summary
@@ -850,7 +893,7 @@ class _Null:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder.")
 @click.option("--tokenizer", help="Student tokenizer folder (default: the student's).")
 @click.option("--detector", help="Span detector plugin: structured, regex, ...")
-@click.option("--num-proc", type=int, help="Worker processes (datasets.map num_proc).")
+@click.option("--num-proc", type=int, help="Worker processes (0: one per core).")
 @click.option(
     "--format", "fmt", type=click.Choice(["auto", *FORMATS]), help="Input format (default: auto)."
 )
