@@ -69,14 +69,70 @@ def test_sampling_is_seeded(teacher):
 
 def test_stops_each_row_at_the_observation_marker(teacher):
     tok = teacher.tokenizer
-    prompt = tok(["x"], return_tensors="pt").input_ids
+    stopped = deepcoder_hf._stop_check(tok, ["Observation:"])
     rows = ["Thought: run it\nAction: python\nObservation:", "Thought: still thinking about"]
     ids = [tok(r, add_special_tokens=False).input_ids for r in rows]
-    width = max(map(len, ids))
-    gen = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i in ids])
-    full = torch.cat([prompt.repeat(2, 1), gen], dim=1)
-    criteria = deepcoder_hf._stop_criteria(tok, ["Observation:"], prompt.shape[1])
-    assert criteria[0](full, None).tolist() == [True, False]
+    assert [stopped(i) for i in ids] == [True, False]
+    assert not deepcoder_hf._stop_check(tok, [])(ids[0])
+
+
+def test_finished_rows_leave_the_batch_and_the_others_are_unchanged(teacher):
+    """Row 0 stops after 2 tokens, row 1 after 6: the model sees 2 rows, then 1."""
+    tok, model = teacher.tokenizer, teacher.hf_model
+    prompts = [tok(teacher.prompt_text(c), add_special_tokens=False).input_ids for c in CHATS[:2]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    seen: list[list[int]] = []
+
+    def stopped(tokens):
+        if not any(t is tokens for t in seen):
+            seen.append(tokens)
+        row = next(i for i, t in enumerate(seen) if t is tokens)
+        return len(tokens) >= (2, 6)[row]
+
+    sizes = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        with torch.inference_mode():
+            out = deepcoder_hf._decode(
+                model,
+                ids,
+                mask,
+                None,
+                max_new=10,
+                temperature=0,
+                top_p=1.0,
+                ends=set(),
+                stopped=stopped,
+            )
+            alone = deepcoder_hf._decode(
+                model,
+                torch.tensor([prompts[1]]),
+                torch.ones(1, len(prompts[1]), dtype=torch.long),
+                None,
+                max_new=6,
+                temperature=0,
+                top_p=1.0,
+                ends=set(),
+                stopped=lambda t: False,
+            )
+    finally:
+        hook.remove()
+    assert [len(r) for r in out] == [2, 6]
+    assert sizes[:6] == [2, 2, 1, 1, 1, 1]
+    assert out[1] == alone[0]
+
+
+def test_nucleus_sampling_keeps_the_smallest_set_reaching_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    torch.manual_seed(0)
+    picks = {deepcoder_hf._pick(logits, 1.0, 0.75).item() for _ in range(200)}
+    assert picks == {0, 1}  # 0.5 + 0.3 reaches 0.75; the tail is never drawn
+    assert deepcoder_hf._pick(logits, 0.0, 0.1).item() == 0
+    assert deepcoder_hf._pick(logits, 1.0, 0.2).item() == 0  # the top token always stays
 
 
 def test_unknown_parameter_is_an_error(teacher):
@@ -148,3 +204,20 @@ def test_system_prompt_cache_changes_nothing_but_the_work(teacher, tiny_model):
         assert [c.text for c in a] == [c.text for c in b]
         assert [c.usage for c in a] == [c.usage for c in b]
     assert cache.get_seq_length() == len(prefix)  # the stored cache is never extended
+
+
+def test_prepacked_cpu_weights_give_the_same_logits(teacher, tiny_model):
+    assert teacher.prepack  # the CPU fp32 default
+    plain = deepcoder_hf.HFTeacher(model=tiny_model, prepack=False)
+    assert not any(type(m).__name__ == "PrepackedLinear" for m in plain.hf_model.modules())
+    packed = [m for m in teacher.hf_model.modules() if type(m).__name__ == "PrepackedLinear"]
+    assert packed and not any(type(m) is torch.nn.Linear for m in teacher.hf_model.modules())
+    ids = teacher.tokenizer("def add(a, b): return a + b", add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        a = teacher.hf_model(torch.tensor([ids, ids])).logits
+        b = plain.hf_model(torch.tensor([ids, ids])).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    params = {"temperature": 0, "max_new_tokens": 6}
+    assert [c.text for c in teacher.complete_batch(CHATS, **params)] == [
+        c.text for c in plain.complete_batch(CHATS, **params)
+    ]
