@@ -12,6 +12,7 @@ snapshot. Columns follow the processed-dataset contract of ARCHITECTURE.md.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -575,6 +576,9 @@ def _run_forked(worker: Worker, items: list[Any], batch: int, num_proc: int, bar
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _FORKED = (worker, items, batch)
+    # what exists now is never garbage-collected in the children: their collector does not
+    # walk (and copy-on-write) the parent's objects (the gc.freeze documentation's advice)
+    gc.freeze()
     try:
         with multiprocessing.get_context("fork").Pool(num_proc) as pool:
             tables = []
@@ -582,6 +586,7 @@ def _run_forked(worker: Worker, items: list[Any], batch: int, num_proc: int, bar
                 tables.append(table)
                 bar.update(len(task))
     finally:
+        gc.unfreeze()
         _FORKED = None
         if saved is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -721,18 +726,16 @@ def process(
             table = _table(columns)
         else:
             table = _run_forked(worker, items, batch, num_proc, bar)
-    from datasets import Dataset
-
-    dataset = Dataset(table)
     phases["records"] = time.perf_counter() - started - sum(phases.values())
 
     # ---- drops, de-duplication, summary
     drops: Counter[str] = Counter()
     formats: Counter[str] = Counter()
     bad_lines = [{"line": b.line, "reason": b.reason} for b in bad]
-    meta = dataset.select_columns(
+    # plain Arrow from here on: a datasets.Dataset is made once, to be saved
+    meta = table.select(
         ["_line", "_index", "_format", "_hash", "_drop", "_message", "_note", "_missing"]
-    ).to_dict()
+    ).to_pydict()
     keep: list[int] = []
     first_index_of: dict[str, int] = {}
     counted: set[int] = set()
@@ -762,11 +765,12 @@ def process(
         missing += miss
         keep.append(row)
 
-    agreement = _agreement_summary(dataset, detector, worker.other is not None, cfg)
+    agreement = _agreement_summary(table, detector, worker.other is not None, cfg)
     import pyarrow as pa
+    import pyarrow.compute as pc
     from datasets import Dataset
 
-    table = dataset.data.table.take(pa.array(keep, pa.int64())).drop_columns(PRIVATE)
+    table = table.take(pa.array(keep, pa.int64())).drop_columns(PRIVATE)
     dataset = Dataset(table)
     span_type = table.column("span_type").combine_chunks().flatten().to_numpy()
     counts = np.bincount(span_type.astype(np.int64), minlength=len(SpanType))
@@ -791,7 +795,7 @@ def process(
             "read": records_read,
             "bad": len(bad_lines),
             "dropped": sum(drops.values()),
-            "kept": len({i for i in dataset["trajectory_id"]}) if len(dataset) else 0,
+            "kept": len(pc.unique(table.column("trajectory_id"))),
         },
         "examples": len(dataset),
         "truncated": notes.get("truncated", 0),
@@ -822,7 +826,7 @@ def process(
     return summary
 
 
-def _agreement_summary(dataset, detector: str, available: bool, cfg) -> dict[str, Any] | None:
+def _agreement_summary(table, detector: str, available: bool, cfg) -> dict[str, Any] | None:
     """Token agreement of ``structured`` and ``regex`` on the first records (``agreement_sample``)."""
     import numpy as np
 
@@ -831,9 +835,9 @@ def _agreement_summary(dataset, detector: str, available: bool, cfg) -> dict[str
     other = other_detector(detector)
     if not available:
         return {"detectors": [detector, other], "error": f"span detector '{other}' not installed"}
-    column = dataset.data.column("_agree_this").combine_chunks()
+    column = table.column("_agree_this").combine_chunks()
     this = column.flatten().to_numpy()
-    that = dataset.data.column("_agree_other").combine_chunks().flatten().to_numpy()
+    that = table.column("_agree_other").combine_chunks().flatten().to_numpy()
     records = int(np.count_nonzero(np.diff(column.offsets.to_numpy())))
     result = compare_tokens(this, that)
     return {
