@@ -102,6 +102,42 @@ class BadLine:
         return f"{self.path}:{self.line}: {self.reason}"
 
 
+def jsonl_lines(
+    path: str | Path, errors: list[BadLine] | None = None, max_line_bytes: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line_number, raw_line)`` of the non-blank lines, undecoded; a truncated last
+    line and lines over ``max_line_bytes`` go to ``errors`` (or raise ValueError if None)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            if not raw.endswith(b"\n"):
+                problem = "truncated last line (writer was interrupted)"
+            elif max_line_bytes is not None and len(raw) > max_line_bytes:
+                problem = f"record too large ({len(raw)} bytes > {max_line_bytes})"
+            else:
+                yield number, raw
+                continue
+            bad = BadLine(str(path), number, problem)
+            if errors is None:
+                raise ValueError(str(bad))
+            errors.append(bad)
+
+
+def decode_record(raw: bytes) -> dict[str, Any]:
+    """One JSONL line as a JSON object; ValueError saying what is wrong with it."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"invalid UTF-8 at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 def read_jsonl(
     path: str | Path, errors: list[BadLine] | None = None, max_line_bytes: int | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -110,31 +146,13 @@ def read_jsonl(
     A final line without a newline (a writer killed mid-line) is reported as truncated.
     Invalid UTF-8, non-object JSON and lines over ``max_line_bytes`` are reported too.
     """
-    path = Path(path)
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            problem = None
-            record = None
-            if not raw.strip():
-                continue
-            if not raw.endswith(b"\n"):
-                problem = "truncated last line (writer was interrupted)"
-            elif max_line_bytes is not None and len(raw) > max_line_bytes:
-                problem = f"record too large ({len(raw)} bytes > {max_line_bytes})"
-            else:
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as exc:
-                    problem = f"invalid UTF-8 at byte {exc.start}"
-                except json.JSONDecodeError as exc:
-                    problem = f"invalid JSON: {exc.msg} (column {exc.colno})"
-                else:
-                    if not isinstance(record, dict):
-                        problem = f"expected a JSON object, got {type(record).__name__}"
-            if problem is not None:
-                bad = BadLine(str(path), number, problem)
-                if errors is None:
-                    raise ValueError(str(bad))
-                errors.append(bad)
-                continue
-            yield number, record
+    for number, raw in jsonl_lines(path, errors, max_line_bytes):
+        try:
+            record = decode_record(raw)
+        except ValueError as exc:
+            bad = BadLine(str(path), number, str(exc))
+            if errors is None:
+                raise ValueError(str(bad)) from None
+            errors.append(bad)
+            continue
+        yield number, record

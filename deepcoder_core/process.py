@@ -30,7 +30,7 @@ import click
 from .chat_template import ChatRenderer
 from .config import Config, ConfigError, load_config, snapshot
 from .encoding import PromptEncoder, arrays
-from .io import BadLine, atomic_write_json, read_jsonl
+from .io import BadLine, atomic_write_json, decode_record, jsonl_lines
 from .plugins import PluginError
 from .protocols import Span, SpanType
 from .spans import (
@@ -208,12 +208,19 @@ class Worker:
         """(ids, offsets) of each rendered chat, each distinct prompt encoded once."""
         return self.encoder.encode([p[4] for p in prepared], [p[5] for p in prepared])
 
-    def prepare(self, items: list[tuple[int, int, dict[str, Any]]]) -> tuple[_Rows, list[Any]]:
-        """Parse, filter, detect and render each record of a batch."""
+    def prepare(self, items: list[tuple[int, int, Any]]) -> tuple[_Rows, list[Any]]:
+        """Decode, parse, filter, detect and render each record of a batch (a record is a
+        dict, or its raw JSONL line)."""
         s = self.settings
         rows = _Rows()
         parsed_items = []
         for line, index, record in items:
+            try:
+                if isinstance(record, bytes):
+                    record = decode_record(record)
+            except ValueError as exc:
+                rows.drop(line, index, "bad_record", str(exc), fmt=s.fmt)
+                continue
             try:
                 parsed = parse_record(record, s.fmt)
             except RecordError as exc:
@@ -705,10 +712,11 @@ def process(
 
     bad: list[BadLine] = []
     phases = {"setup": time.perf_counter() - started}
+    # lines are decoded by the workers, in parallel; bad JSON is reported from there
     items = [
-        (line, index, record)
-        for index, (line, record) in enumerate(
-            read_jsonl(trajectories, errors=bad, max_line_bytes=cfg.max_record_bytes)
+        (line, index, raw)
+        for index, (line, raw) in enumerate(
+            jsonl_lines(trajectories, errors=bad, max_line_bytes=cfg.max_record_bytes)
         )
     ]
     phases["read"] = time.perf_counter() - started - sum(phases.values())
