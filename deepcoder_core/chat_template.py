@@ -8,8 +8,8 @@ template, in the same sandbox, with the same variables, but
 
 - decides each (type, attribute) safety question once: in Jinja's immutable sandbox the
   answer depends on the object's type and the attribute name only, never on the value;
-- reads the keys of plain ``dict`` messages, and the methods of ``str``, directly: what the
-  sandbox ends up doing for them anyway;
+- reads the keys of plain ``dict`` messages, and the methods of ``str``, directly, and calls
+  ``str`` methods directly: what the sandbox ends up doing for them anyway;
 - passes our messages as they are (they are already plain dicts of strings).
 
 Each call checks its first chat against ``apply_chat_template`` and the renderer falls back to
@@ -72,8 +72,21 @@ def _fast_template(source: str) -> Any:
             return env.unsafe_undefined(obj, attribute)
         return plain_getattr(obj, attribute)
 
+    plain_call = env.call
+    builtin = type(len)
+
+    def fast_call(__context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        # a str method: the sandbox would find it safe (no unsafe markers on builtins) and
+        # the context would pass it nothing extra; call it straight away
+        if type(__obj) is builtin and type(getattr(__obj, "__self__", None)) is str:
+            kwargs.pop("_block_vars", None)
+            kwargs.pop("_loop_vars", None)
+            return __obj(*args, **kwargs)
+        return plain_call(__context, __obj, *args, **kwargs)
+
     env.is_safe_attribute = cached_is_safe
     env.getattr = fast_getattr
+    env.call = fast_call
     return env.from_string(source)
 
 

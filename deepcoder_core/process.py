@@ -779,7 +779,17 @@ def process(
     from datasets import Dataset
 
     table = table.take(pa.array(keep, pa.int64())).drop_columns(PRIVATE)
-    dataset = Dataset(table)
+    source_sha256 = _sha256(trajectories)
+    # the same inputs make the same dataset: its fingerprint says so (and datasets need not
+    # hash the table to make one up)
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [source_sha256, config.section_fingerprint("processing"), dataclasses.asdict(settings)],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
+    dataset = Dataset(table, fingerprint=fingerprint)
     span_type = table.column("span_type").combine_chunks().flatten().to_numpy()
     counts = np.bincount(span_type.astype(np.int64), minlength=len(SpanType))
     total = int(counts.sum())
@@ -791,7 +801,7 @@ def process(
         "schema": 1,
         "stage": "process",
         "trajectories": str(trajectories),
-        "trajectories_sha256": _sha256(trajectories),
+        "trajectories_sha256": source_sha256,
         "config_fingerprint": config.section_fingerprint("processing"),
         "tokenizer": settings.tokenizer,
         "chat_template": "tokenizer" if worker.tokenizer.chat_template else "chatml-fallback",
