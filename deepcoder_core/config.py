@@ -106,7 +106,9 @@ class ProcessingConfig:
     num_proc: int = 0  # worker processes; 0: one per core
     batch_size: int = 64  # records per tokenizer batch
     max_record_bytes: int = 16_000_000  # longer JSONL lines are reported as bad input
-    agreement_sample: int = 200  # records on which structured and regex are compared (0: off)
+    agreement_sample: int = (
+        200  # records, spread over the file, on which structured and regex are compared (0: off)
+    )
 
 
 @dataclass

@@ -150,6 +150,7 @@ class Worker:
         self.encoder = PromptEncoder(self.tokenizer)
         self.detector = build("span_detector", settings.detector, **settings.detector_options)
         self.other = None
+        self.agreement_stride = 1  # every k-th record is compared (set per file by process)
         if settings.agreement_sample > 0:
             try:
                 self.other = build("span_detector", other_detector(settings.detector))
@@ -262,7 +263,7 @@ class Worker:
         for (line, index, parsed, spans, rendered, _), enc in zip(prepared, encodings, strict=True):
             example, offsets, located = self._label(rendered, parsed.segments, spans, enc)
             agreement = None
-            if self.other is not None and index < s.agreement_sample:
+            if self.other is not None and index % self.agreement_stride == 0:
                 agreement = self._agreement(rendered, parsed.segments, example, offsets, located)
             if len(example.ids) <= s.max_length:
                 pieces, note = [example], ""
@@ -719,6 +720,8 @@ def process(
             jsonl_lines(trajectories, errors=bad, max_line_bytes=cfg.max_record_bytes)
         )
     ]
+    if cfg.agreement_sample > 0:  # compared records spread over the file (and the workers)
+        worker.agreement_stride = max(1, -(-len(items) // cfg.agreement_sample))
     phases["read"] = time.perf_counter() - started - sum(phases.values())
     batch = max(1, cfg.batch_size)
     if "fork" not in multiprocessing.get_all_start_methods():
@@ -845,7 +848,8 @@ def process(
 
 
 def _agreement_summary(table, detector: str, available: bool, cfg) -> dict[str, Any] | None:
-    """Token agreement of ``structured`` and ``regex`` on the first records (``agreement_sample``)."""
+    """Token agreement of ``structured`` and ``regex`` on ``agreement_sample`` records spread
+    evenly over the file."""
     import numpy as np
 
     if cfg.agreement_sample <= 0:

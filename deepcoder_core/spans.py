@@ -677,12 +677,13 @@ def token_spans(offsets: Any, labels: Any, confidence: Any, special: Any) -> tup
 
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     ends = offsets[:, 1]
-    real = (ends > offsets[:, 0]) & ~special
-    index = np.clip(ends - 1, 0, max(len(labels) - 1, 0))
     if len(labels) == 0:
         return np.zeros(len(ends), np.int8), np.ones(len(ends), np.float32)
-    types = np.where(real, labels[index], 0).astype(np.int8)
-    conf = np.where(real, confidence[index], 1.0).astype(np.float32)
+    real = (ends > offsets[:, 0]) & ~special
+    # a real token ends at 1..len(labels); the others may point anywhere, np.where drops them
+    index = np.minimum(ends - 1, len(labels) - 1)
+    types = np.where(real, labels[index], 0).astype(np.int8, copy=False)
+    conf = np.where(real, confidence[index], 1.0).astype(np.float32, copy=False)
     return types, conf
 
 
