@@ -15,7 +15,6 @@ import dataclasses
 import gc
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -554,48 +553,75 @@ def _worker(settings: Settings) -> Worker:
     return _WORKERS[key]
 
 
-# What forked workers inherit: (worker, items, batch size). Set only while a pool runs.
-_FORKED: tuple[Worker, list[Any], int] | None = None
-
-
-def _forked_task(starts: list[int]):
-    """In a forked process: the example rows of the batches at ``starts``, as one Arrow table."""
-    worker, items, batch = _FORKED
+def _share(worker: Worker, items: list[Any], batch: int, bar: Any = None) -> Any:
+    """The example rows of ``items``, batch after batch, as one Arrow table."""
     columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
-    for done in (worker.run(items[start : start + batch]) for start in starts):
-        for name, values in done.items():
+    for start in range(0, len(items), batch):
+        for name, values in worker.run(items[start : start + batch]).items():
             columns[name].extend(values)
+        if bar is not None:
+            bar.update(1)
     return _table(columns)
 
 
 def _run_forked(worker: Worker, items: list[Any], batch: int, num_proc: int, bar: Any) -> Any:
-    """The records in ``num_proc`` forked processes (they inherit the worker: tokenizer, template,
-    detector are not loaded again), a few batches per task; one Arrow table, in input order."""
-    import multiprocessing
+    """The records split in ``num_proc`` equal shares: this process works on the first while
+    ``num_proc - 1`` forked children work on the others. Children inherit the loaded worker
+    (tokenizer, template, detector) and the records, and send back one Arrow table each
+    through a pipe; the result is in input order. A failing child fails the stage."""
+    import pickle
+    import signal
 
     import pyarrow as pa
 
-    global _FORKED
-    starts = list(range(0, len(items), batch))
-    # two tasks per process: enough to balance the load, long enough to keep encoding pipelined
-    per_task = max(1, -(-len(starts) // (2 * num_proc)))
-    tasks = [starts[i : i + per_task] for i in range(0, len(starts), per_task)]
-    # one tokenizer thread per process; set before fork so tokenizers does not warn about it
+    size = -(-len(items) // num_proc)
+    shares = [items[i : i + size] for i in range(0, len(items), size)]
+    # one tokenizer thread per process (read by tokenizers at every call); set before fork,
+    # tokenizers does not warn about a fork after its thread pool was used
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _FORKED = (worker, items, batch)
     # what exists now is never garbage-collected in the children: their collector does not
     # walk (and copy-on-write) the parent's objects (the gc.freeze documentation's advice)
     gc.freeze()
+    children: list[tuple[int, int, int]] = []  # (pid, read end of its pipe, records)
     try:
-        with multiprocessing.get_context("fork").Pool(num_proc) as pool:
-            tables = []
-            for task, table in zip(tasks, pool.imap(_forked_task, tasks), strict=True):
-                tables.append(table)
-                bar.update(len(task))
+        for share in shares[1:]:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: compute, send, and leave without running any cleanup
+                os.close(read_end)
+                code = 0
+                try:
+                    payload = pickle.dumps(("ok", _share(worker, share, batch)), protocol=5)
+                except BaseException as exc:  # noqa: BLE001 - reported by the parent
+                    payload = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
+                    code = 1
+                with os.fdopen(write_end, "wb") as pipe:
+                    pipe.write(payload)
+                os._exit(code)
+            os.close(write_end)
+            children.append((pid, read_end, len(share)))
+        tables = [_share(worker, shares[0], batch, bar)]
+        while children:
+            pid, read_end, records = children[0]
+            with os.fdopen(read_end, "rb") as pipe:
+                data = pipe.read()
+            os.waitpid(pid, 0)
+            children.pop(0)  # reaped: never signalled again
+            status, result = pickle.loads(data) if data else ("error", "died without a result")
+            if status != "ok":
+                raise ProcessError(f"processing worker {pid} failed: {result}")
+            tables.append(result)
+            bar.update(-(-records // batch))
     finally:
+        for pid, read_end, _ in children:  # interrupted or failed: no worker outlives us
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                os.close(read_end)
+            except OSError:
+                pass
         gc.unfreeze()
-        _FORKED = None
         if saved is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
@@ -724,7 +750,7 @@ def process(
         worker.agreement_stride = max(1, -(-len(items) // cfg.agreement_sample))
     phases["read"] = time.perf_counter() - started - sum(phases.values())
     batch = max(1, cfg.batch_size)
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if not hasattr(os, "fork"):
         num_proc = 1  # workers inherit the loaded tokenizer by fork (Linux, macOS)
     chunks = range(0, len(items), batch)
     with click.progressbar(chunks, label="process", file=None if progress else _Null()) as bar:

@@ -288,14 +288,68 @@ def test_show_example_text(tmp_path):
     assert "<|im_start|>system" in text
 
 
-def test_num_proc_two_gives_the_same_dataset(tmp_path):
-    records = [trajectory(i, seed=9) for i in range(300)]
-    one, data1, _ = run(tmp_path, records, "processing.batch_size=32", name="one")
-    two, data2, _ = run(tmp_path, records, "processing.batch_size=32", name="two", num_proc=2)
-    assert two["num_proc"] == 2
+def _with_bad_lines(tmp_path, records):
+    """A JSONL file with an invalid JSON line and a non-object line deep in the file."""
+    path = write_jsonl(tmp_path / "mixed.jsonl", records)
+    lines = path.read_text().splitlines(keepends=True)
+    lines.insert(250, "{not json\n")
+    lines.insert(120, "[1, 2]\n")
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.mark.parametrize("num_proc", [2, 3])
+def test_forked_workers_give_the_same_dataset_and_report(tmp_path, num_proc):
+    path = _with_bad_lines(tmp_path, [trajectory(i, seed=9) for i in range(300)])
+    cfg = config("processing.batch_size=32")
+    one = process(cfg, trajectories=path, out=tmp_path / "one", tokenizer=QWEN3, num_proc=1)
+    many = process(
+        cfg, trajectories=path, out=tmp_path / "many", tokenizer=QWEN3, num_proc=num_proc
+    )
+    from datasets import load_from_disk
+
+    data1, data2 = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "many"))
+    assert many["num_proc"] == num_proc and one["num_proc"] == 1
     assert data1["input_ids"] == data2["input_ids"]
     assert data1["span_type"] == data2["span_type"]
-    assert one["drops"] == two["drops"] and one["agreement"] == two["agreement"]
+    assert data1["trajectory_id"] == data2["trajectory_id"]
+    assert one["drops"] == many["drops"] and one["agreement"] == many["agreement"]
+    assert one["bad_input"] == many["bad_input"]
+    assert [b["line"] for b in many["bad_input"]["lines"]] == [121, 252]
+    assert many["bad_input"]["by_reason"] == {"invalid_json": 1, "not_an_object": 1}
+
+
+def _children() -> set[int]:
+    import os
+    from pathlib import Path
+
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    return {int(p) for t in tasks.iterdir() for p in (t / "children").read_text().split()}
+
+
+def test_a_failing_worker_fails_the_stage_and_keeps_the_old_output(tmp_path, monkeypatch):
+    import os
+
+    from deepcoder_core import process as stage
+
+    path = write_jsonl(tmp_path / "t.jsonl", [trajectory(i, seed=2) for i in range(200)])
+    cfg = config("processing.batch_size=32")
+    process(cfg, trajectories=path, out=tmp_path / "out", tokenizer=QWEN3, num_proc=1)
+    before = (tmp_path / "out" / "summary.json").read_text()
+    parent, plain_run = os.getpid(), stage.Worker.run
+
+    def run_failing_in_children(self, items):
+        if os.getpid() != parent:
+            raise RuntimeError("disk on fire")
+        return plain_run(self, items)
+
+    monkeypatch.setattr(stage.Worker, "run", run_failing_in_children)
+    with pytest.raises(
+        ProcessError, match="processing worker .* failed: RuntimeError: disk on fire"
+    ):
+        process(cfg, trajectories=path, out=tmp_path / "out", tokenizer=QWEN3, num_proc=2)
+    assert (tmp_path / "out" / "summary.json").read_text() == before
+    assert not _children()  # every worker was reaped
 
 
 def test_a_record_from_the_real_agent(tmp_path, tok):
