@@ -337,6 +337,7 @@ def test_a_failing_worker_fails_the_stage_and_keeps_the_old_output(tmp_path, mon
     process(cfg, trajectories=path, out=tmp_path / "out", tokenizer=QWEN3, num_proc=1)
     before = (tmp_path / "out" / "summary.json").read_text()
     parent, plain_run = os.getpid(), stage.Worker.run
+    earlier = _children()  # other tests' helpers (sandbox pool, servers) may be running
 
     def run_failing_in_children(self, items):
         if os.getpid() != parent:
@@ -349,7 +350,7 @@ def test_a_failing_worker_fails_the_stage_and_keeps_the_old_output(tmp_path, mon
     ):
         process(cfg, trajectories=path, out=tmp_path / "out", tokenizer=QWEN3, num_proc=2)
     assert (tmp_path / "out" / "summary.json").read_text() == before
-    assert not _children()  # every worker was reaped
+    assert _children() <= earlier  # every worker was reaped
 
 
 def test_a_record_from_the_real_agent(tmp_path, tok):
