@@ -246,8 +246,8 @@ class HFTeacher:
 def _prepacked(model: Any) -> Any:
     """``model`` with every ``nn.Linear`` holding its weight in oneDNN's blocked layout.
 
-    Plain CPU matmuls re-pack the weight matrix at every call; for the few rows of a decode
-    step that costs more than the product. Measured here (2 cores, SmolLM2-135M, fp32): the
+    Plain CPU matmuls with the few rows of a decode step are slow (and slower at 2-3 or 7
+    rows than at 8); oneDNN's prepacked weights avoid most of that. Measured here (2 cores, SmolLM2-135M, fp32): the
     LM head takes 10 / 22 / 16 ms at 1 / 2 / 8 rows plain, 4 / 5 / 8 ms prepacked, and 8
     agents decode together in 20.5 s instead of 28.3 s (the same tokens). Inference only;
     the model is returned as it is where oneDNN is missing.
@@ -350,9 +350,9 @@ def _decode(
     longest one ends. ``cache`` may hold a shared prefix already (see ``_shared_prefix``).
 
     ``min_rows``: a batch of 2 to ``min_rows - 1`` unfinished rows keeps finished ones as
-    fillers. On CPU, MKL multiplies 2 or 3 rows as that many matrix-vector products and 4 or
-    more as one matrix product: measured here (2 cores, SmolLM2-135M), a decode step takes
-    58 / 92 / 122 / 86 / 88 ms at 1 / 2 / 3 / 4 / 8 rows.
+    fillers. With plain CPU matmuls, 2 or 3 rows cost about one matrix-vector product each
+    while 4 or more cost one matrix product: measured here (2 cores, SmolLM2-135M), a decode
+    step takes 58 / 92 / 122 / 86 / 88 ms at 1 / 2 / 3 / 4 / 8 rows.
     """
     import torch
     from transformers import DynamicCache
