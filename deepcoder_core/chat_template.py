@@ -34,12 +34,17 @@ CHATML_TEMPLATE = (
 
 def _fast_template(source: str) -> Any:
     """The template compiled in an overlay of transformers' sandbox with cached safety checks,
-    or None when transformers' compiler is not where we expect it."""
+    or None when transformers' compiler or sandbox is not what we expect."""
     try:
         from transformers.utils.chat_template_utils import _compile_jinja_template
     except ImportError:  # pragma: no cover - depends on the transformers version
         return None
-    env = _compile_jinja_template(source).environment.overlay()
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = _compile_jinja_template(source).environment
+    if type(env) is not ImmutableSandboxedEnvironment:  # the caching below is only sound there
+        return None
+    env = env.overlay()
     checked: dict[tuple[type, str], bool] = {}
     is_safe = env.is_safe_attribute
     plain_getattr = env.getattr

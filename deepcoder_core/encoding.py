@@ -90,11 +90,12 @@ class PromptEncoder:
         if len(self.cache) + len(missing) > self.max_cached:
             self.cache.clear()
             missing = sorted({t[:c] for t, c in zip(texts, cuts, strict=True) if c})
+        reused = 0
         for prefix, enc in zip(
             missing, self.backend.encode_batch(missing, add_special_tokens=False), strict=True
         ):
             self.cache[prefix] = arrays(enc)
-            self.reused_tokens -= len(self.cache[prefix][0])  # encoded now: not reused once
+            reused -= len(self.cache[prefix][0])  # encoded now: not reused the first time
         rests = self.backend.encode_batch(
             [t[c:] for t, c in zip(texts, cuts, strict=True)], add_special_tokens=False
         )
@@ -105,7 +106,7 @@ class PromptEncoder:
                 head_ids, head_offsets = self.cache[text[:c]]
                 ids = np.concatenate([head_ids, ids])
                 offsets = np.concatenate([head_offsets, offsets])
-                self.reused_tokens += len(head_ids)
+                reused += len(head_ids)
             out.append((ids, offsets))
         first = next(i for i, c in enumerate(cuts) if c)
         whole_ids, whole_offsets = arrays(
@@ -120,4 +121,5 @@ class PromptEncoder:
             self.cache.clear()
             return self._whole(texts)
         self.tokens += sum(len(ids) for ids, _ in out)
+        self.reused_tokens += reused
         return out
