@@ -107,7 +107,7 @@ def load_tokenizer(path: str) -> Any:
 
 @dataclasses.dataclass
 class Settings:
-    """What a worker process needs; plain data so it pickles for ``datasets.map``."""
+    """What a worker needs; plain data, so it also keys the per-process worker cache."""
 
     tokenizer: str
     detector: str
@@ -553,15 +553,25 @@ def _worker(settings: Settings) -> Worker:
     return _WORKERS[key]
 
 
+def _rows_table(results: Iterable[dict[str, list[Any]]]) -> Any:
+    """One Arrow table from the column dicts of :meth:`Worker.run`, in order."""
+    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
+    for done in results:
+        for name, values in done.items():
+            columns[name].extend(values)
+    return _table(columns)
+
+
 def _share(worker: Worker, items: list[Any], batch: int, bar: Any = None) -> Any:
     """The example rows of ``items``, batch after batch, as one Arrow table."""
-    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
-    for start in range(0, len(items), batch):
-        for name, values in worker.run(items[start : start + batch]).items():
-            columns[name].extend(values)
-        if bar is not None:
-            bar.update(1)
-    return _table(columns)
+
+    def batches():
+        for start in range(0, len(items), batch):
+            yield worker.run(items[start : start + batch])
+            if bar is not None:
+                bar.update(1)
+
+    return _rows_table(batches())
 
 
 def _run_forked(worker: Worker, items: list[Any], batch: int, num_proc: int, bar: Any) -> Any:
@@ -755,12 +765,8 @@ def process(
     chunks = range(0, len(items), batch)
     with click.progressbar(chunks, label="process", file=None if progress else _Null()) as bar:
         if num_proc == 1 or len(items) < 2 * batch:
-            columns: dict[str, list[Any]] = {name: [] for name in COLUMNS + PRIVATE}
             batches = (items[start : start + batch] for start in bar)
-            for done in worker.run_pipelined(batches):
-                for name, values in done.items():
-                    columns[name].extend(values)
-            table = _table(columns)
+            table = _rows_table(worker.run_pipelined(batches))
         else:
             table = _run_forked(worker, items, batch, num_proc, bar)
     phases["records"] = time.perf_counter() - started - sum(phases.values())
@@ -809,11 +815,12 @@ def process(
 
     table = table.take(pa.array(keep, pa.int64())).drop_columns(PRIVATE)
     source_sha256 = _sha256(trajectories)
+    config_fingerprint = config.section_fingerprint("processing")
     # the same inputs make the same dataset: its fingerprint says so (and datasets need not
     # hash the table to make one up)
     fingerprint = hashlib.sha256(
         json.dumps(
-            [source_sha256, config.section_fingerprint("processing"), dataclasses.asdict(settings)],
+            [source_sha256, config_fingerprint, dataclasses.asdict(settings)],
             sort_keys=True,
             default=str,
         ).encode()
@@ -831,7 +838,7 @@ def process(
         "stage": "process",
         "trajectories": str(trajectories),
         "trajectories_sha256": source_sha256,
-        "config_fingerprint": config.section_fingerprint("processing"),
+        "config_fingerprint": config_fingerprint,
         "tokenizer": settings.tokenizer,
         "chat_template": "tokenizer" if worker.tokenizer.chat_template else "chatml-fallback",
         "template_tools": worker.tools,

@@ -247,10 +247,10 @@ def _prepacked(model: Any) -> Any:
     """``model`` with every ``nn.Linear`` holding its weight in oneDNN's blocked layout.
 
     Plain CPU matmuls with the few rows of a decode step are slow (and slower at 2-3 or 7
-    rows than at 8); oneDNN's prepacked weights avoid most of that. Measured here (2 cores, SmolLM2-135M, fp32): the
-    LM head takes 10 / 22 / 16 ms at 1 / 2 / 8 rows plain, 4 / 5 / 8 ms prepacked, and 8
-    agents decode together in 20.5 s instead of 28.3 s (the same tokens). Inference only;
-    the model is returned as it is where oneDNN is missing.
+    rows than at 8); oneDNN's prepacked weights avoid most of that. Measured here (2 cores,
+    SmolLM2-135M, fp32): the LM head takes 10 / 22 / 16 ms at 1 / 2 / 8 rows plain, 4 / 5 / 8
+    ms prepacked, and 8 agents decode together in 20.5 s instead of 28.3 s (the same
+    tokens). Inference only; the model is returned as it is where oneDNN is missing.
     """
     import torch
 
