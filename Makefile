@@ -10,6 +10,11 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 $(STAMP): Makefile pyproject.toml $(PLUGINS)
+	# The sandbox's namespaces come from bubblewrap (an OS package); as root on Debian it is
+	# installed here, elsewhere the sandbox refuses untrusted code and says how to get it.
+	command -v bwrap >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } || \
+		echo "warning: bubblewrap (bwrap) is not installed; the sandbox will refuse untrusted code"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: this disk has the 2.13.0 CPU wheel; an unpinned torch pulls a CUDA build.

@@ -188,9 +188,11 @@ def test_escape_attempt_fails_with_clear_observation(tool, secret, name):
     assert expected in observation.text, observation.text
 
 
-def test_control_unguarded_sandbox_reads_the_world_readable_file(pool, secret):
-    """Shows the corpus is not vacuous: ordinary code in the sandbox can read the file ..."""
-    result = pool.run(f"open({secret.path!r}).read()", timeout=5)
+def test_control_unguarded_sandbox_reads_the_world_readable_file(secret):
+    """Shows the corpus is not vacuous: ordinary code at the weaker isolation level (no file
+    system view of its own) can read the file; the namespaces level hides it as well."""
+    with SandboxPool(size=1, isolation="rlimits") as weak:
+        result = weak.run(f"open({secret.path!r}).read()", timeout=5)
     assert result.ok and secret.token in result.data["value"]
 
 
@@ -204,7 +206,11 @@ def test_control_environment_never_reaches_the_sandbox(pool, secret):
 @pytest.mark.skipif(os.geteuid() != 0, reason="the switch to 'nobody' happens only as root")
 def test_parent_environ_file_is_unreadable_as_nobody(pool, secret):
     code = f"open('/proc/{os.getpid()}/environ').read()"
-    result = pool.run(code, timeout=5)
+    result = pool.run(code, timeout=5)  # namespaces: the host's processes are not even visible
+    assert not result.ok and "FileNotFoundError" in result.error
+    assert secret.token not in result.error
+    with SandboxPool(size=1, isolation="rlimits") as weak:
+        result = weak.run(code, timeout=5)
     assert not result.ok and "PermissionError" in result.error
     assert secret.token not in result.error
 
@@ -260,7 +266,7 @@ CHECK_ATTACKS = {
         5.0,
     ),
     "command": ("import os\ndef f(x):\n    return os.system('true')", "assertion failed", 5.0),
-    "exit": ("import os\nos._exit(0)", "without a result", 5.0),
+    "exit": ("import os\nos._exit(0)", "the solution process ended", 5.0),
 }
 
 
