@@ -16,8 +16,22 @@ What the guards add to RestrictedPython's own ``safer_getattr``:
   ``operator.attrgetter``/``methodcaller``, ``typing.get_type_hints``/``ForwardRef``,
   ``functools.singledispatch`` (it evaluates string annotations);
 - ``AttributeError.obj`` (the object a failed lookup was made on) is never readable;
-- writes (``obj.x = ...``, ``obj[k] = ...``, ``setattr``) may not target modules, or classes
-  and functions that the sandboxed code did not define.
+- metaclasses (``typing.ABCMeta``, ``typing.NamedTupleMeta``) and ``FunctionType`` are never
+  handed out: calling one builds classes or functions with any dunder or any globals;
+- writes (``obj.x = ...``, ``obj[k] = ...``, ``setattr``) change only what the code created:
+  its own functions, classes and their instances, and builtin containers; a module's lists,
+  dicts and sets are handed out as copies;
+- library callables that write attributes of their arguments or generate source from them
+  are wrapped (``WRAPPED``): ``functools.update_wrapper``/``wraps`` copy only the standard
+  attributes onto the code's own function, ``total_ordering``/``abstractmethod`` change only
+  the code's own classes and functions, ``dataclasses.dataclass``/``make_dataclass`` refuse
+  field names that are not identifiers (their ``__init__``/``__repr__`` are generated source)
+  and namespaces with private names, ``operator.setitem``/``delitem`` follow the write rule;
+  the rest that only type checkers use (``typing.no_type_check``, ``dataclass_transform``)
+  is refused.
+
+``REVIEWED`` lists, for the modules whose callables take objects and act on them, every
+public callable with its verdict; the tests fail when a new Python adds one unreviewed.
 """
 
 from __future__ import annotations
@@ -25,12 +39,17 @@ from __future__ import annotations
 import ast
 import builtins
 import collections
+import dataclasses
+import decimal
+import functools
 import importlib
+import keyword
 import operator
 import random
 import string
 import sys
 import types
+import typing
 from typing import Any
 
 from RestrictedPython import compile_restricted_eval, compile_restricted_exec
@@ -55,6 +74,7 @@ _MISSING = object()
 
 
 def _banned_objects() -> dict[int, str]:
+    import dataclasses
     import functools
     import typing
 
@@ -64,6 +84,13 @@ def _banned_objects() -> dict[int, str]:
         operator.methodcaller: "operator.methodcaller",
         typing.get_type_hints: "typing.get_type_hints",
         typing.ForwardRef: "typing.ForwardRef",
+        typing.no_type_check: "typing.no_type_check",
+        typing.no_type_check_decorator: "typing.no_type_check_decorator",
+        typing.dataclass_transform: "typing.dataclass_transform",
+        typing.MethodDescriptorType: "typing.MethodDescriptorType",
+        typing.MethodWrapperType: "typing.MethodWrapperType",
+        typing.WrapperDescriptorType: "typing.WrapperDescriptorType",
+        dataclasses.FunctionType: "FunctionType",
         functools.singledispatch: "functools.singledispatch",
         functools.singledispatchmethod: "functools.singledispatchmethod",
     }
@@ -117,9 +144,13 @@ def check_value(value: Any, where: str) -> Any:
             return ModuleProxy(value.__name__)
         raise AttributeError(f"{where}: module '{value.__name__}' is not available")
     banned = _BANNED.get(id(value))
-    if banned is not None or isinstance(value, string.Formatter):
-        raise AttributeError(f"{banned or 'string.Formatter'} is not allowed in the python tool")
-    return value
+    if banned is not None or isinstance(value, string.Formatter | typing.ForwardRef):
+        name = banned or type(value).__name__
+        raise AttributeError(f"{name} is not allowed in the python tool")
+    if isinstance(value, type) and issubclass(value, type):
+        raise AttributeError(f"{where}: metaclasses are not available (use a class statement)")
+    wrapped = WRAPPED.get(id(value))
+    return value if wrapped is None else wrapped
 
 
 def module_attribute(module: types.ModuleType, name: str) -> Any:
@@ -130,6 +161,8 @@ def module_attribute(module: types.ModuleType, name: str) -> Any:
         value = getattr(module, name)
     except AttributeError:
         raise AttributeError(f"module '{module.__name__}' has no attribute '{name}'") from None
+    if type(value) in (list, dict, set, bytearray):  # module state stays the module's
+        value = type(value)(value)
     return check_value(value, f"{module.__name__}.{name}")
 
 
@@ -167,14 +200,45 @@ def guarded_getitem(obj: Any, index: Any) -> Any:
     return check_value(obj[index], "item")
 
 
+# Objects of these types may be changed wherever they came from: builtin containers (their
+# items only: they have no attribute dict) and decimal contexts (precision, rounding).
+_WRITABLE = (
+    list,
+    dict,
+    set,
+    bytearray,
+    collections.deque,
+    collections.UserDict,
+    collections.UserList,
+    collections.ChainMap,
+    decimal.Context,
+)
+
+
+def owned(obj: Any) -> bool:
+    """Whether the sandboxed code may change ``obj``: it created it, or it is a plain container."""
+    if isinstance(obj, types.FunctionType):
+        return obj.__code__.co_filename == FILENAME  # a code object only our compiler makes
+    if isinstance(obj, type):
+        return obj.__module__ == SANDBOX_MODULE
+    if isinstance(obj, _WRITABLE):
+        return True
+    return getattr(type(obj), "__module__", None) == SANDBOX_MODULE
+
+
 def guarded_write(obj: Any) -> Any:
     """``_write_``: the object an attribute/item assignment or deletion may change."""
     if isinstance(obj, types.ModuleType | ModuleProxy):
         raise TypeError("modules are read-only in the python tool")
-    if isinstance(obj, type | types.FunctionType | types.BuiltinFunctionType):
-        if getattr(obj, "__module__", None) != SANDBOX_MODULE:
-            raise TypeError(f"cannot change {obj!r}: it was not defined by this code")
+    if not owned(obj):
+        raise TypeError(f"cannot change {_describe(obj)}: it was not created by this code")
     return obj
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, type | types.FunctionType | types.BuiltinFunctionType):
+        return repr(obj)
+    return f"a {type(obj).__module__}.{type(obj).__qualname__} object"
 
 
 def guarded_setattr(obj: Any, name: str, value: Any) -> None:
@@ -236,6 +300,200 @@ _INPLACE = {
 
 def inplacevar(op: str, target: Any, value: Any) -> Any:
     return _INPLACE[op](target, value)
+
+
+# ---------------------------------------------------------------------------- wrapped callables
+
+
+def _require_owned(obj: Any, what: str) -> None:
+    if not owned(obj):
+        raise TypeError(f"{what} may only change what this code created, not {_describe(obj)}")
+
+
+def safe_update_wrapper(
+    wrapper: Any,
+    wrapped: Any,
+    assigned: Any = functools.WRAPPER_ASSIGNMENTS,
+    updated: Any = functools.WRAPPER_UPDATES,
+) -> Any:
+    """``functools.update_wrapper`` onto the code's own function, standard attributes only."""
+    _require_owned(wrapper, "functools.update_wrapper")
+    if not (
+        set(assigned) <= set(functools.WRAPPER_ASSIGNMENTS)
+        and set(updated) <= set(functools.WRAPPER_UPDATES)
+    ):
+        raise TypeError(
+            "functools.update_wrapper copies only the standard attributes here "
+            f"(assigned ⊆ {functools.WRAPPER_ASSIGNMENTS}, updated ⊆ {functools.WRAPPER_UPDATES})"
+        )
+    module = getattr(wrapper, "__module__", None)
+    functools.update_wrapper(wrapper, wrapped, tuple(assigned), tuple(updated))
+    if isinstance(wrapper, type):  # a class keeps its owner, or the write rule would lose it
+        wrapper.__module__ = module
+    return wrapper
+
+
+def safe_wraps(
+    wrapped: Any,
+    assigned: Any = functools.WRAPPER_ASSIGNMENTS,
+    updated: Any = functools.WRAPPER_UPDATES,
+) -> Any:
+    """``functools.wraps`` through ``safe_update_wrapper``."""
+    return functools.partial(
+        safe_update_wrapper, wrapped=wrapped, assigned=assigned, updated=updated
+    )
+
+
+def _owned_argument(function: Any, name: str) -> Any:
+    """A decorator that sets attributes on its argument, for the code's own objects only."""
+
+    def decorate(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _require_owned(obj, name)
+        return function(obj, *args, **kwargs)
+
+    decorate.__name__ = decorate.__qualname__ = function.__name__
+    decorate.__doc__ = function.__doc__
+    return decorate
+
+
+def _check_field_names(names: Any, where: str) -> None:
+    for name in names:
+        if type(name) is not str or not name.isidentifier() or keyword.iskeyword(name):
+            raise TypeError(f"{where}: field name {name!r} is not an identifier")
+        if name.startswith("_"):
+            raise TypeError(f'{where}: field name {name!r} is not allowed: it starts with "_"')
+
+
+def _inherited_fields(bases: Any) -> list[Any]:
+    names = []
+    for base in bases:
+        for klass in getattr(base, "__mro__", ()):
+            fields = klass.__dict__.get("__dataclass_fields__", {})
+            names.extend(fields)
+            names.extend(getattr(f, "name", None) for f in fields.values())
+    return names
+
+
+def safe_dataclass(cls: Any = None, /, **options: Any) -> Any:
+    """``dataclasses.dataclass``, which generates ``__init__``/``__repr__``/... source from the
+    field names: only for the code's own classes, with every field name an identifier."""
+
+    def wrap(klass: Any) -> Any:
+        _require_owned(klass, "dataclasses.dataclass")
+        own = klass.__dict__.get("__annotations__", {})
+        _check_field_names([*own, *_inherited_fields(klass.__mro__[1:])], "dataclasses.dataclass")
+        return dataclasses.dataclass(klass, **options)
+
+    return wrap if cls is None else wrap(cls)
+
+
+def safe_make_dataclass(
+    cls_name: Any, fields: Any, *, bases: Any = (), namespace: Any = None, **options: Any
+) -> Any:
+    """``dataclasses.make_dataclass`` with the same checks, and no private names in ``namespace``."""
+    fields = list(fields)
+    given = [f if isinstance(f, str) else f[0] for f in fields]
+    _check_field_names([*given, *_inherited_fields(bases)], "dataclasses.make_dataclass")
+    for key in namespace or {}:
+        if type(key) is not str or key.startswith("_"):
+            raise TypeError(f"dataclasses.make_dataclass: namespace name {key!r} is not allowed")
+    cls = dataclasses.make_dataclass(
+        cls_name, fields, bases=tuple(bases), namespace=namespace, **options
+    )
+    cls.__module__ = SANDBOX_MODULE  # the code made it, so the code may change it
+    return cls
+
+
+def safe_setitem(obj: Any, key: Any, value: Any) -> None:
+    """``operator.setitem`` under the write rule."""
+    guarded_write(obj)[key] = value
+
+
+def safe_delitem(obj: Any, key: Any) -> None:
+    """``operator.delitem`` under the write rule."""
+    del guarded_write(obj)[key]
+
+
+WRAPPED = {
+    id(original): replacement
+    for original, replacement in (
+        (functools.update_wrapper, safe_update_wrapper),
+        (functools.wraps, safe_wraps),
+        (
+            functools.total_ordering,
+            _owned_argument(functools.total_ordering, "functools.total_ordering"),
+        ),
+        (typing.abstractmethod, _owned_argument(typing.abstractmethod, "abstractmethod")),
+        (typing.final, _owned_argument(typing.final, "typing.final")),
+        (
+            typing.runtime_checkable,
+            _owned_argument(typing.runtime_checkable, "typing.runtime_checkable"),
+        ),
+        (dataclasses.dataclass, safe_dataclass),
+        (dataclasses.make_dataclass, safe_make_dataclass),
+        (operator.setitem, safe_setitem),
+        (operator.delitem, safe_delitem),
+    )
+}
+
+# Every public callable of the modules whose callables take objects and act on them, with
+# its verdict. "banned": never handed out; "wrapped": replaced (WRAPPED); "harmless": builds
+# new objects or reads its arguments, never writes attributes of objects it was given nor
+# runs source built from them (collections.namedtuple generates source, from names it
+# checks are identifiers). The other allowed modules (math, re, itertools, heapq, bisect,
+# json, statistics, fractions, decimal, random, collections.abc) compute on values only.
+REVIEWED = {
+    "functools": {
+        "banned": "singledispatch singledispatchmethod",
+        "wrapped": "update_wrapper wraps total_ordering",
+        "harmless": "GenericAlias RLock cache cached_property cmp_to_key get_cache_token "
+        "lru_cache namedtuple partial partialmethod recursive_repr reduce",
+    },
+    "dataclasses": {
+        "banned": "FunctionType",
+        "wrapped": "dataclass make_dataclass",
+        "harmless": "Field FrozenInstanceError GenericAlias InitVar asdict astuple field "
+        "fields is_dataclass replace",
+    },
+    "operator": {
+        "banned": "attrgetter methodcaller",
+        "wrapped": "setitem delitem",
+        "harmless": "abs add and_ call concat contains countOf eq floordiv ge getitem gt iadd "
+        "iand iconcat ifloordiv ilshift imatmul imod imul index indexOf inv invert ior ipow "
+        "irshift is_ is_not isub itemgetter itruediv ixor le length_hint lshift lt matmul mod "
+        "mul ne neg not_ or_ pos pow rshift sub truediv truth xor",
+    },
+    "string": {"banned": "Formatter", "wrapped": "", "harmless": "Template capwords"},
+    "collections": {
+        "banned": "",
+        "wrapped": "",
+        "harmless": "ChainMap Counter OrderedDict UserDict UserList UserString defaultdict "
+        "deque namedtuple",
+    },
+    "typing": {
+        "banned": "ForwardRef get_type_hints no_type_check no_type_check_decorator "
+        "dataclass_transform MethodDescriptorType MethodWrapperType WrapperDescriptorType "
+        "ABCMeta NamedTupleMeta",
+        "wrapped": "abstractmethod final runtime_checkable",
+        "harmless": "AbstractSet Annotated Any AsyncContextManager AsyncGenerator AsyncIterable "
+        "AsyncIterator Awaitable BinaryIO ByteString Callable ChainMap ClassVar Collection "
+        "Concatenate Container ContextManager Coroutine Counter DefaultDict Deque Dict Final "
+        "FrozenSet Generator Generic GenericAlias Hashable IO ItemsView Iterable Iterator "
+        "KeysView List Literal LiteralString Mapping MappingView Match MutableMapping "
+        "MutableSequence MutableSet NamedTuple Never NewType NoReturn NotRequired Optional "
+        "OrderedDict ParamSpec ParamSpecArgs ParamSpecKwargs Pattern Protocol Required "
+        "Reversible Self Sequence Set Sized SupportsAbs SupportsBytes SupportsComplex "
+        "SupportsFloat SupportsIndex SupportsInt SupportsRound Text TextIO Tuple Type TypeAlias "
+        "TypeGuard TypeVar TypeVarTuple TypedDict Union Unpack ValuesView assert_never "
+        "assert_type cast clear_overloads defaultdict get_args get_origin get_overloads io "
+        "is_typeddict overload re reveal_type",
+    },
+    "json": {
+        "banned": "",
+        "wrapped": "",
+        "harmless": "JSONDecodeError JSONDecoder JSONEncoder detect_encoding dump dumps load loads",
+    },
+}
 
 
 def apply(function: Any, *args: Any, **kwargs: Any) -> Any:

@@ -163,7 +163,7 @@ ESCAPES = {
     "forward-ref": ("import typing\ntyping.ForwardRef(\"open('{path}')\")", "not allowed"),
     # writes to shared objects
     "module-write": ("import math\nmath.pi = 3", "read-only"),
-    "setattr-builtin-type": ("setattr(int, 'x', 1)", "not defined by this code"),
+    "setattr-builtin-type": ("setattr(int, 'x', 1)", "not created by this code"),
 }
 
 
