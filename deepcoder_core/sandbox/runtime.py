@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
-from .protocol import HEADER, ProtocolError, decode_frame
+from .protocol import HEADER, ProtocolError, decode_frame, max_message_bytes
 
 _progress: Any = None  # in the child: the page shared with its worker (mmap, MAP_SHARED)
 PROGRESS_BYTES = 1 << 16
@@ -98,6 +98,46 @@ def partner() -> Channel:
     if _partner is None:
         raise RuntimeError("this request has no partner child")
     return _partner
+
+
+def partner_main(read_fd: int, write_fd: int) -> None:
+    """A partner child's interpreter: read its runner and payload from the worker, run it.
+
+    Started by ``execve`` from the forked child, so it holds nothing of the worker's memory;
+    its limits, uid, seccomp filter and namespaces carried over the exec.
+    """
+    import ctypes
+    import importlib
+    import sys
+
+    ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE: exec made this process dumpable again
+    global _partner
+    _partner = Channel(read_fd, write_fd, 1 << 26)
+    try:
+        start = _partner.recv()
+        _partner.max_frame = max_message_bytes(start["limits"]["max_output_chars"])
+        module_name, attr = start["runner"].split(":")
+        runner = getattr(importlib.import_module(module_name), attr)
+    except Exception:
+        os._exit(70)
+    sys.stdout = sys.stderr = _Discard()
+    try:
+        runner(start["payload"], start["limits"])
+    finally:
+        os._exit(0)
+
+
+class _Discard:
+    """The partner's output: nobody reads it."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
 
 def short_traceback(exc: BaseException, filenames: Iterable[str], max_frames: int = 8) -> str:

@@ -137,7 +137,8 @@ def _child(
     result_fd: int | None,
     channel: runtime.Channel | None,
 ) -> None:
-    """Runs in a forked child: isolate, limit, run, write the result (judge/single), exit."""
+    """Runs in a forked child: isolate, limit, then run the runner and write its result (a
+    judge or a single child, ``result_fd`` set) or become the partner's interpreter."""
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
@@ -148,34 +149,29 @@ def _child(
     os.chdir(workdir)
     tempfile.tempdir = workdir  # the worker's cached choice (/tmp) is not writable here
     limits = request["limits"]
-    if page is not None and result_fd is None:
-        page.close()  # a partner must not reach the judge's progress page
-        page = None
     _set_limits(limits)
     if os.geteuid() == 0:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
     if prctl is not None:
-        prctl(
-            _PR_SET_PDEATHSIG, signal.SIGKILL
-        )  # die with the worker (after setuid, which clears it)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the worker (setuid cleared it)
         prctl(_PR_SET_DUMPABLE, 0)
     os.environ.clear()
+    if result_fd is None:
+        # A partner gets a fresh interpreter: this copy of the worker's memory may still hold
+        # tests of earlier requests, and the progress page is the judge's alone.
+        _exec_partner(channel)
     runtime._progress = page
     runtime._partner = channel
     out = CappedText(limits["max_output_chars"])
     sys.stdout = sys.stderr = out
     sys.stdin = open(os.devnull)  # noqa: SIM115 -- the child exits right after
     try:
-        result = runner(
-            request["payload"] if result_fd is not None else request["partner_payload"], limits
-        )
+        result = runner(request["payload"], limits)
     except BaseException as exc:  # a runner must not take the child down without a result
         result = {"status": "error", "error": runtime.short_traceback(exc, ["<sandbox>"])}
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    if result_fd is None:
-        return
     if not isinstance(result, dict):
         result = {"status": "error", "error": f"runner returned {type(result).__name__}"}
     result.setdefault("status", "ok")
@@ -183,6 +179,31 @@ def _child(
     result["stdout"] = out.getvalue()
     result["truncated"] = bool(out.dropped)
     send(result_fd, result)
+
+
+# The partner's interpreter: the worker's import path, then the runtime's partner loop.
+_PARTNER_BOOT = (
+    "import json, sys; sys.path.extend(p for p in json.loads(sys.argv[1]) if p not in sys.path); "
+    "from deepcoder_core.sandbox.runtime import partner_main; "
+    "partner_main(int(sys.argv[2]), int(sys.argv[3]))"
+)
+
+
+def _exec_partner(channel: Any) -> None:
+    """Replace this forked copy of the worker with a new interpreter holding only the channel."""
+    for fd in (channel.read_fd, channel.write_fd):
+        os.set_inheritable(fd, True)
+    paths = json.dumps([p for p in sys.path if p and os.path.isabs(p)])
+    argv = [
+        sys.executable,
+        "-I",
+        "-c",
+        _PARTNER_BOOT,
+        paths,
+        str(channel.read_fd),
+        str(channel.write_fd),
+    ]
+    os.execve(sys.executable, argv, {})
 
 
 def _resolve(runner: str, cache: dict[str, Any]) -> Any:
@@ -237,7 +258,7 @@ def _run_one(
     start = time.monotonic()
     try:
         runner = _resolve(request["runner"], runners)
-        partner = _resolve(request["partner"], runners) if request.get("partner") else None
+        partner = request.get("partner")  # resolved by the partner's own interpreter
     except Exception as exc:
         return {"status": "crashed", "error": f"cannot load runner: {exc}"}
     limits = request["limits"]
@@ -254,7 +275,7 @@ def _run_one(
                 keep=[to_partner_r, to_judge_w],
                 workdir=workdirs[-1],
                 uid=NOBODY,
-                runner=partner,
+                runner=None,
                 request=request,
                 prctl=prctl,
                 page=page,
@@ -265,6 +286,13 @@ def _run_one(
         os.close(to_partner_r)
         os.close(to_judge_w)
         judge_channel = runtime.Channel(to_judge_r, to_partner_w, max_bytes)
+        judge_channel.send(
+            {
+                "runner": request["partner"],
+                "payload": request.get("partner_payload") or {},
+                "limits": limits,
+            }
+        )
     read_fd, write_fd = os.pipe()
     uid = JUDGE_UID if partner is not None else NOBODY
     workdirs.append(_scratch(uid))

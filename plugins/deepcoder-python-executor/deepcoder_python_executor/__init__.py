@@ -17,6 +17,7 @@ counts against the call's timeout. A cell that fails leaves no trace, like a tra
 
 from __future__ import annotations
 
+import math
 import threading
 import zlib
 from typing import Any
@@ -49,11 +50,19 @@ class PythonTool:
         max_output_chars: int = 4000,
         pool: SandboxPool | None = None,
     ):
-        if timeout <= 0 or memory_mb < 32 or max_output_chars < 100:
+        if type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0:
             raise ValueError(
-                "python tool: need timeout > 0, memory_mb >= 32, max_output_chars >= 100"
+                f"python tool: timeout must be a finite number of seconds > 0, got {timeout!r}"
             )
-        self.timeout = timeout
+        for name, value, low in (
+            ("memory_mb", memory_mb, 32),
+            ("max_output_chars", max_output_chars, 100),
+        ):
+            if type(value) is not int or value < low:
+                raise ValueError(
+                    f"python tool: {name} must be a whole number >= {low}, got {value!r}"
+                )
+        self.timeout = float(timeout)
         self.limits = Limits(memory_mb=memory_mb, max_output_chars=max_output_chars)
         self.max_output_chars = max_output_chars
         self._pool = pool
@@ -63,6 +72,14 @@ class PythonTool:
     def run(
         self, input: str, *, timeout: float | None = None, session: str | None = None
     ) -> Observation:
+        if timeout is not None and (
+            type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0
+        ):
+            return Observation(
+                f"python tool: timeout must be a finite number of seconds > 0, got {timeout!r}",
+                ok=False,
+                meta={"status": "invalid"},
+            )
         timeout = self.timeout if timeout is None else min(timeout, self.timeout)
         with self._lock:
             history = list(self._sessions.get(session, [])) if session is not None else []
