@@ -8,6 +8,13 @@ Prints JSON:
 - ``throughput_calls_per_s``: trivial calls per second from 1, 2 and 8 client threads.
 - ``check_bundled``: time to check every bundled problem's canonical solution, serially and
   from as many threads as the pool has workers.
+- ``layers``: what each isolation layer costs. The same trivial call at the ``rlimits``
+  level (fork, rlimits, uid drop, empty environment) and the ``namespaces`` level (plus
+  bubblewrap's namespaces and file-system view, and the seccomp filter); a system-call-heavy
+  call (20,000 ``stat``) at both, for the filter's per-call price; pool start per level;
+  a check in two children (judge + a fresh partner interpreter) against the same solution
+  and asserts run in one child, as checking did before the judge; and the naive ways to get
+  the same namespaces per call (``bwrap`` / ``unshare`` around a fresh interpreter).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from deepcoder_core.sandbox import SandboxPool
+from deepcoder_core.sandbox import SandboxPool, isolation
 
 TRIVIAL = "1 + 1"
 
@@ -82,6 +89,81 @@ def _check_bundled(pool: SandboxPool) -> dict:
     }
 
 
+SYSCALLS = "import os\nfor _ in range(20000):\n    os.stat('.')"
+
+
+def _layers(size: int) -> dict:
+    out: dict = {}
+    for level in ("rlimits", "namespaces"):
+        started = time.perf_counter()
+        with SandboxPool(size=size, isolation=level) as pool:
+            start_s = time.perf_counter() - started
+            for _ in range(20):
+                pool.run(TRIVIAL, timeout=10)
+            trivial = _stats_ms(_time_calls(lambda: pool.run(TRIVIAL, timeout=10), 200))
+            syscalls = _stats_ms(_time_calls(lambda: pool.run(SYSCALLS, timeout=10), 20))
+        out[level] = {
+            "pool_start_seconds": round(start_s, 3),
+            "trivial_ms": trivial,
+            "stat_x20000_ms": syscalls,
+        }
+    out["namespaces_and_filter_cost_ms"] = round(
+        out["namespaces"]["trivial_ms"]["median"] - out["rlimits"]["trivial_ms"]["median"], 2
+    )
+    out["filter_cost_per_syscall_us"] = round(
+        (out["namespaces"]["stat_x20000_ms"]["median"] - out["rlimits"]["stat_x20000_ms"]["median"])
+        / 20000
+        * 1000,
+        3,
+    )
+    from types import SimpleNamespace
+
+    from deepcoder_core.checking import check_solution
+
+    problem = SimpleNamespace(
+        id="bench",
+        entry_point="f",
+        tests="def check(c):\n    assert c(1) == 2\n    assert c(2) == 4\n",
+    )
+    solution = "def f(x):\n    return 2 * x\n"
+    one_child = solution + problem.tests + "check(f)\n"
+    with SandboxPool(size=size) as pool:
+        for _ in range(5):
+            check_solution(problem, solution, pool=pool)
+        judged = _stats_ms(_time_calls(lambda: check_solution(problem, solution, pool=pool), 30))
+        single = _stats_ms(_time_calls(lambda: pool.run(one_child, timeout=10), 30))
+    out["check"] = {
+        "judge_and_partner_ms": judged,
+        "one_child_ms": single,
+        "judge_cost_ms": round(judged["median"] - single["median"], 2),
+    }
+    naive: dict = {}
+    python = [sys.executable, "-I", "-S", "-c", f"print({TRIVIAL})"]
+    bwrap = isolation.bwrap_path()
+    if bwrap:
+        command = isolation.bwrap_command(python, preload=[], scratch_mb=64)
+        naive["bwrap_per_call_ms"] = _stats_ms(
+            _time_calls(lambda: subprocess.run(command, capture_output=True, env={}), 20)
+        )
+    if os.geteuid() == 0:
+        command = [
+            "unshare",
+            "--net",
+            "--pid",
+            "--ipc",
+            "--uts",
+            "--mount",
+            "--fork",
+            "--mount-proc",
+            *python,
+        ]
+        naive["unshare_per_call_ms"] = _stats_ms(
+            _time_calls(lambda: subprocess.run(command, capture_output=True, env={}), 20)
+        )
+    out["naive_namespaces_per_call"] = naive
+    return out
+
+
 def main() -> None:
     size = max(2, min(8, os.cpu_count() or 2))
     started = time.perf_counter()
@@ -125,6 +207,8 @@ def main() -> None:
         "throughput_calls_per_s": throughput,
         "check_bundled": checking,
         "workers_replaced": stats["replaced"],
+        "isolation": stats["isolation"],
+        "layers": _layers(size),
     }
     print(json.dumps(result, indent=2))
 

@@ -176,3 +176,19 @@ def test_closed_pool_is_a_recorded_error_not_an_exception():
     closed.close()
     result = check_solution(problem(CHECK_TESTS), "def double(x):\n    return 2 * x", pool=closed)
     assert result == CheckResult(0, 3, "sandbox unavailable: the sandbox pool is closed")
+
+
+def test_concurrent_checks_in_every_worker(pool):
+    # Partners share one uid across workers: a second one must still start (RLIMIT_NPROC).
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as executor:
+        results = list(
+            executor.map(
+                lambda i: check_solution(
+                    problem(CHECK_TESTS), "def double(x):\n    return 2 * x", pool=pool
+                ),
+                range(12),
+            )
+        )
+    assert all(r == CheckResult(3, 3, None) for r in results), results

@@ -110,7 +110,10 @@ def partner_main(read_fd: int, write_fd: int) -> None:
     import importlib
     import sys
 
+    import resource
+
     ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE: exec made this process dumpable again
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no process or thread, from here on
     global _partner
     _partner = Channel(read_fd, write_fd, 1 << 26)
     try:

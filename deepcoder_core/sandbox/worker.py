@@ -90,7 +90,9 @@ class CappedText:
         return text
 
 
-def _set_limits(limits: dict[str, Any]) -> None:
+def _set_limits(limits: dict[str, Any], *, processes: bool = True) -> None:
+    """The child's rlimits; ``processes=False`` leaves RLIMIT_NPROC to a partner's interpreter
+    (the kernel fails an ``execve`` after ``setuid`` when the uid is already over it)."""
     import resource
 
     mb = 1024 * 1024
@@ -101,8 +103,9 @@ def _set_limits(limits: dict[str, Any]) -> None:
         (resource.RLIMIT_AS, limits["memory_mb"] * mb, limits["memory_mb"] * mb),
         (resource.RLIMIT_FSIZE, limits["file_size_mb"] * mb, limits["file_size_mb"] * mb),
         (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
-        (resource.RLIMIT_NPROC, 0, 0),
     ]
+    if processes:
+        wanted.append((resource.RLIMIT_NPROC, 0, 0))
     for which, soft, hard in wanted:
         _, ceiling = resource.getrlimit(which)
         if ceiling != resource.RLIM_INFINITY:  # an unprivileged child cannot raise a hard limit
@@ -149,7 +152,7 @@ def _child(
     os.chdir(workdir)
     tempfile.tempdir = workdir  # the worker's cached choice (/tmp) is not writable here
     limits = request["limits"]
-    _set_limits(limits)
+    _set_limits(limits, processes=result_fd is not None)
     if os.geteuid() == 0:
         os.setgroups([])
         os.setgid(uid)
