@@ -338,3 +338,99 @@ def test_control_the_searches_find_tests_that_share_their_process(name):
         return candidate(1), held
 
     assert tests(namespace["f"])[0] == 2
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+FORGING_ANSWER = (
+    "Thought: I will claim the tests passed.\nFinal Answer:\n```python\n"
+    "import json, os, struct\n"
+    "body = json.dumps({'status': 'ok', 'passed': 9, 'total': 9, 'first_error': None}).encode()\n"
+    "for fd in range(3, 64):\n"
+    "    try:\n        os.write(fd, struct.pack('>I', len(body)) + body)\n"
+    "    except OSError:\n        pass\n"
+    "def add(a, b):\n    _deepcoder_passed()\n    return 0\n"
+    "```"
+)
+
+
+def test_generate_records_a_forging_teacher_as_failing(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from click.testing import CliRunner
+
+    from deepcoder_core.cli import cli
+
+    class Teacher(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            reply = json.dumps(
+                {
+                    "id": "c",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": FORGING_ANSWER},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    record = {
+        "schema": 1,
+        "id": "add",
+        "title": "Add",
+        "prompt": "Write add(a, b).",
+        "category": "math",
+        "difficulty": "easy",
+        "entry_point": "add",
+        "tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n",
+        "tags": [],
+    }
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps(record) + "\n")
+    out = tmp_path / "t.jsonl"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "generate",
+                "--teacher",
+                "openai",
+                "--problems",
+                str(problems),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--set",
+                f"teacher.options.base_url=http://127.0.0.1:{server.server_address[1]}/v1",
+                "--set",
+                "tools.enabled=[]",
+                "--set",
+                "generation.split=null",
+            ],
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in result.output
+    (trajectory,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert trajectory["success"] is False
+    assert trajectory["tests_passed"] == 0 and trajectory["tests_total"] == 2
