@@ -1,8 +1,15 @@
-"""Test helpers: build throwaway plugin distributions that importlib.metadata really discovers."""
+"""Test helpers: throwaway plugin distributions that importlib.metadata really discovers, a
+fake OpenAI-compatible teacher, a loopback listener."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import textwrap
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -20,3 +27,68 @@ def make_distribution(
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
     (info / "entry_points.txt").write_text(f"[deepcoder]\n{module} = {module}\n")
     return root
+
+
+def chat_completion(
+    model: str, text: str, prompt_tokens: int = 50, completion_tokens: int = 20
+) -> bytes:
+    """An OpenAI chat-completion response body whose one choice says ``text``."""
+    return json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    ).encode()
+
+
+@contextlib.contextmanager
+def fake_teacher(text: str) -> Iterator[str]:
+    """An OpenAI-compatible server on loopback that always answers ``text``; yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            data = chat_completion(body["model"], text)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def loopback_listener(timeout: float = 0.5) -> Iterator[tuple[socket.socket, int]]:
+    """A TCP listener on 127.0.0.1 (an ephemeral port) that nothing should ever reach."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(timeout)
+    try:
+        yield listener, listener.getsockname()[1]
+    finally:
+        listener.close()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from types import SimpleNamespace
 
 import pytest
 
 from deepcoder_core.checking import CheckResult, check_solution, from_data, to_data
 from deepcoder_core.sandbox import SandboxPool, SandboxResult
+
+from .helpers import fake_teacher, loopback_listener
 
 TESTS = "MARKER = 'expected-marker-7f3a'\ndef check(candidate):\n    assert candidate(1) == 2\n    assert candidate(2) == 4\n"
 
@@ -175,11 +176,11 @@ def _blocked_problem():
 
 
 def test_loopback_connect_fails_from_a_solution(pool):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(0.5)
-    port = listener.getsockname()[1]
+    with loopback_listener() as (listener, port):
+        _connect_from_a_solution(pool, listener, port)
+
+
+def _connect_from_a_solution(pool, listener, port):
     code = (
         "import socket\n"
         "def f():\n"
@@ -188,12 +189,9 @@ def test_loopback_connect_fails_from_a_solution(pool):
         "        return 'connected'\n"
         "    except OSError:\n        return 'blocked'\n"
     )
-    try:
-        assert check_solution(_blocked_problem(), code, pool=pool).success
-        with pytest.raises(TimeoutError):
-            listener.accept()
-    finally:
-        listener.close()
+    assert check_solution(_blocked_problem(), code, pool=pool).success
+    with pytest.raises(TimeoutError):
+        listener.accept()
 
 
 def test_files_left_by_a_solution_do_not_outlive_the_call(pool):
@@ -356,40 +354,9 @@ FORGING_ANSWER = (
 
 
 def test_generate_records_a_forging_teacher_as_failing(tmp_path):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from click.testing import CliRunner
 
     from deepcoder_core.cli import cli
-
-    class Teacher(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            reply = json.dumps(
-                {
-                    "id": "c",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": FORGING_ANSWER},
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args):
-            pass
 
     record = {
         "schema": 1,
@@ -405,9 +372,7 @@ def test_generate_records_a_forging_teacher_as_failing(tmp_path):
     problems = tmp_path / "problems.jsonl"
     problems.write_text(json.dumps(record) + "\n")
     out = tmp_path / "t.jsonl"
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with fake_teacher(FORGING_ANSWER) as base_url:
         result = CliRunner().invoke(
             cli,
             [
@@ -420,16 +385,13 @@ def test_generate_records_a_forging_teacher_as_failing(tmp_path):
                 str(out),
                 "--no-progress",
                 "--set",
-                f"teacher.options.base_url=http://127.0.0.1:{server.server_address[1]}/v1",
+                f"teacher.options.base_url={base_url}",
                 "--set",
                 "tools.enabled=[]",
                 "--set",
                 "generation.split=null",
             ],
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert "Traceback" not in result.output
     (trajectory,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert trajectory["success"] is False

@@ -20,6 +20,8 @@ from deepcoder_core.problems import bundled_problems
 from deepcoder_core.protocols import Completion, Usage
 from deepcoder_core.teachers import TeacherError, TeacherStats
 
+from .helpers import chat_completion
+
 PROBLEMS = bundled_problems()[:4]
 
 
@@ -213,21 +215,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         time.sleep(self.delay)
         text = "Thought: simple\nFinal Answer:\n```python\ndef solve():\n    return 1\n```"
-        reply = {
-            "id": "c",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": text},
-                }
-            ],
-            "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70},
-        }
-        data = json.dumps(reply).encode()
+        data = chat_completion(body["model"], text)
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,8 @@ import time
 import pytest
 
 from deepcoder_core.sandbox import SandboxError, SandboxPool, isolation
+
+from .helpers import loopback_listener
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or isolation.bwrap_path() is None,
@@ -55,12 +56,7 @@ def call(number, *args):
 
 
 def test_loopback_listener_on_the_host_is_unreachable(pool):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(1.0)
-    port = listener.getsockname()[1]
-    try:
+    with loopback_listener(timeout=1.0) as (listener, port):
         result = pool.run(
             f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)", timeout=5
         )
@@ -69,8 +65,6 @@ def test_loopback_listener_on_the_host_is_unreachable(pool):
         assert raw == [-1, 1]  # EPERM from the filter
         with pytest.raises(TimeoutError):
             listener.accept()
-    finally:
-        listener.close()
 
 
 def test_network_namespace_has_only_a_loopback_and_its_own_host_name(pool):

@@ -108,9 +108,8 @@ def partner_main(read_fd: int, write_fd: int) -> None:
     """
     import ctypes
     import importlib
-    import sys
-
     import resource
+    import sys
 
     ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE: exec made this process dumpable again
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no process or thread, from here on

@@ -269,6 +269,7 @@ def _run_one(
     page[: runtime.HEADER.size] = runtime.HEADER.pack(0)
     workdirs, pids = [], []
     judge_channel = None
+    common = {"request": request, "prctl": prctl, "page": page}
     if partner is not None:
         to_partner_r, to_partner_w = os.pipe()
         to_judge_r, to_judge_w = os.pipe()
@@ -279,11 +280,9 @@ def _run_one(
                 workdir=workdirs[-1],
                 uid=NOBODY,
                 runner=None,
-                request=request,
-                prctl=prctl,
-                page=page,
                 result_fd=None,
                 channel=runtime.Channel(to_partner_r, to_judge_w, max_bytes),
+                **common,
             )
         )
         os.close(to_partner_r)
@@ -300,18 +299,17 @@ def _run_one(
     uid = JUDGE_UID if partner is not None else NOBODY
     workdirs.append(_scratch(uid))
     keep = [write_fd] + ([judge_channel.read_fd, judge_channel.write_fd] if judge_channel else [])
-    main_pid = _fork(
-        keep=keep,
-        workdir=workdirs[-1],
-        uid=uid,
-        runner=runner,
-        request=request,
-        prctl=prctl,
-        page=page,
-        result_fd=write_fd,
-        channel=judge_channel,
+    pids.append(
+        _fork(
+            keep=keep,
+            workdir=workdirs[-1],
+            uid=uid,
+            runner=runner,
+            result_fd=write_fd,
+            channel=judge_channel,
+            **common,
+        )
     )
-    pids.append(main_pid)
     os.close(write_fd)
     if judge_channel is not None:
         os.close(judge_channel.read_fd)
