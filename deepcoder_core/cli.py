@@ -39,6 +39,14 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*COMMANDS, *super().list_commands(ctx)})
 
+    def invoke(self, ctx: click.Context) -> object:
+        from .errors import DeepcoderError
+
+        try:
+            return super().invoke(ctx)
+        except DeepcoderError as exc:  # a stage's typed error: one line and its exit code
+            fail(str(exc), exc.exit_code)
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in COMMANDS:
             module_name, attr = COMMANDS[name].split(":")
