@@ -12,7 +12,9 @@ early, writes to any descriptor, patches builtins, walks frames or returns an ob
 files, also untrusted) get the same OS isolation. Consequences: a call's arguments are
 copied (mutation of an argument is not seen by the tests), and arguments, results and
 top-level values must be plain data (numbers, text, bytes, lists, tuples, sets, dicts,
-``None``); a class defined by the solution cannot be used by the tests.
+``None``); a class defined by the solution cannot be used by the tests. A problem's
+``context`` (the statement's imports and helpers) runs in the solution's process before the
+solution; the tests repeat what they need of it.
 
 Tests follow the HumanEval convention: a ``check(candidate)`` function called with the
 function named ``entry_point``, and/or plain top-level asserts, which may call any
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
 JUDGE_RUNNER = "deepcoder_core.checking:run_judge"
 SOLUTION_RUNNER = "deepcoder_core.checking:serve_solution"
 _MAX_ASSERTS = 10_000_000  # a verdict claiming more asserts than this is not believed
-_SOLUTION, _TESTS = "<solution>", "<tests>"
+_SOLUTION, _TESTS, _CONTEXT = "<solution>", "<tests>", "<context>"
 
 
 @dataclass
@@ -243,10 +245,13 @@ def _raised(exc: BaseException) -> dict[str, Any]:
 def serve_solution(payload: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
     """Sandbox partner runner (solution child): run the candidate, then answer the judge."""
     channel = partner()
-    code = payload["code"]
+    code, context = payload["code"], payload.get("context")
     register_source(_SOLUTION, code)
     namespace: dict[str, Any] = {"__name__": "solution", "__builtins__": __builtins__}
     try:
+        if context:  # the statement's imports and helpers, which the solution may call
+            register_source(_CONTEXT, context)
+            exec(compile(context, _CONTEXT, "exec"), namespace)
         exec(compile(code, _SOLUTION, "exec"), namespace)
         loaded: dict[str, Any] = {"names": {}, "values": {}}
         for name, value in list(namespace.items()):
@@ -480,7 +485,7 @@ def check_solution(
         runner=JUDGE_RUNNER,
         payload={"tests": problem.tests, "entry_point": problem.entry_point},
         partner=SOLUTION_RUNNER,
-        partner_payload={"code": code},
+        partner_payload={"code": code, "context": getattr(problem, "context", None)},
     )
     try:
         result = (pool or get_pool()).run(request, timeout=timeout)

@@ -6,13 +6,25 @@ each line flushed and fsynced, so a killed run never leaves a half-written file 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+_BOM = b"\xef\xbb\xbf"  # what Windows editors put before the first line of a UTF-8 file
+# how compressed files and archives start: they are not JSON until unpacked
+_PACKED = (
+    (re.compile(rb"\x1f\x8b"), "gzip-compressed: decompress it first, e.g. with gunzip"),
+    (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2-compressed: decompress it first, e.g. with bunzip2"),
+    (re.compile(rb"\xfd7zXZ\x00"), "xz-compressed: decompress it first, e.g. with unxz"),
+    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd-compressed: decompress it first, e.g. with unzstd"),
+    (re.compile(rb"PK\x03\x04"), "like a zip archive: extract the file first, e.g. with unzip"),
+)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -90,6 +102,13 @@ def repair_truncated_tail(path: Path) -> int:
         return size - keep
 
 
+def packed_format(head: bytes) -> str | None:
+    """What a file starting with ``head`` (its first 16 bytes) looks like when it is
+    compressed or an archive, and what to do (``"gzip-compressed: decompress it first, e.g.
+    with gunzip"``); None for anything else."""
+    return next((what for magic, what in _PACKED if magic.match(head)), None)
+
+
 @dataclass
 class BadLine:
     """A JSONL line that could not be read, kept for reporting (file:line: reason)."""
@@ -106,23 +125,47 @@ def jsonl_lines(
     path: str | Path, errors: list[BadLine] | None = None, max_line_bytes: int | None = None
 ) -> Iterator[tuple[int, bytes]]:
     """Yield ``(line_number, raw_line)`` of the non-blank lines, undecoded; a truncated last
-    line and lines over ``max_line_bytes`` go to ``errors`` (or raise ValueError if None)."""
+    line and lines over ``max_line_bytes`` go to ``errors`` (or raise ValueError if None).
+
+    A UTF-8 byte order mark before the first line is dropped. A line over ``max_line_bytes``
+    is measured and skipped in bounded chunks, never held in memory whole.
+    """
     path = Path(path)
+    limit = -1 if max_line_bytes is None else max_line_bytes + 1
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            if not raw.endswith(b"\n"):
-                problem = "truncated last line (writer was interrupted)"
-            elif max_line_bytes is not None and len(raw) > max_line_bytes:
-                problem = f"record too large ({len(raw)} bytes > {max_line_bytes})"
+        for number in itertools.count(1):
+            raw = handle.readline(limit)
+            if not raw:
+                return
+            if len(raw) == limit and not raw.endswith(b"\n"):
+                size = len(raw) + _skip_line(handle)
+                problem = f"record too large ({size:,} bytes > {max_line_bytes:,})"
             else:
-                yield number, raw
-                continue
+                if number == 1 and raw.startswith(_BOM):
+                    raw = raw[len(_BOM) :]
+                if not raw.strip():
+                    continue
+                if not raw.endswith(b"\n"):
+                    problem = "truncated last line (writer was interrupted)"
+                elif max_line_bytes is not None and len(raw) > max_line_bytes:
+                    problem = f"record too large ({len(raw):,} bytes > {max_line_bytes:,})"
+                else:
+                    yield number, raw
+                    continue
             bad = BadLine(str(path), number, problem)
             if errors is None:
                 raise ValueError(str(bad))
             errors.append(bad)
+
+
+def _skip_line(handle: BinaryIO) -> int:
+    """Read past the end of the current line, 1 MiB at a time; returns the bytes skipped."""
+    skipped = 0
+    while chunk := handle.readline(1 << 20):
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped
 
 
 def decode_record(raw: bytes) -> dict[str, Any]:
@@ -133,6 +176,8 @@ def decode_record(raw: bytes) -> dict[str, Any]:
         raise ValueError(f"invalid UTF-8 at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:  # the decoder recurses once per level: [[[[...]]]] exhausts the stack
+        raise ValueError("JSON nested too deeply to decode") from None
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     return record

@@ -17,22 +17,29 @@ import difflib
 import gzip
 import json
 import random
-import re
+import reprlib
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA = 1
+from .errors import DeepcoderError
+
+SCHEMA = 2  # 2 added the optional `context`
+READABLE_SCHEMAS = (1, 2)
 DIFFICULTIES = ("easy", "medium", "hard")
 SPLITS = ("train", "eval")
 REQUIRED = ("id", "title", "prompt", "category", "difficulty", "tests")
-OPTIONAL = ("entry_point", "canonical_solution", "tags", "split", "schema")
-_ID = re.compile(r"^\S+$")
+OPTIONAL = ("entry_point", "canonical_solution", "tags", "split", "schema", "context")
+MAX_ID_CHARS = 200
+# values quoted in error messages: a hostile record's megabyte of text stays out of them
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 80
+_show = _repr.repr
 
 
-class ProblemError(ValueError):
+class ProblemError(DeepcoderError, ValueError):
     """A problems file that does not follow the contract; ``errors`` holds every ``file:line: ...``."""
 
     def __init__(self, message: str, errors: list[str] | None = None) -> None:
@@ -55,10 +62,13 @@ class Problem:
     tags: list[str] = field(default_factory=list)
     split: str | None = None
     schema: int = SCHEMA
+    # Code the statement gives (imports, helpers the solution may call): the checker runs it
+    # before the solution, in the solution's process; the tests must repeat what they need.
+    context: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": self.schema,
+            "schema": SCHEMA if self.context is not None else self.schema,
             "id": self.id,
             "title": self.title,
             "prompt": self.prompt,
@@ -69,6 +79,7 @@ class Problem:
             "canonical_solution": self.canonical_solution,
             "tags": list(self.tags),
             "split": self.split,
+            **({"context": self.context} if self.context is not None else {}),
         }
 
     @classmethod
@@ -79,9 +90,9 @@ class Problem:
         known = (*REQUIRED, *OPTIONAL)
         for key in d:
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                close = difflib.get_close_matches(str(key)[:100], known, n=1, cutoff=0.6)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ProblemError(f"{where}: unknown field '{key}'{hint}")
+                raise ProblemError(f"{where}: unknown field {_show(key)}{hint}")
         for key in REQUIRED:
             if key not in d or d[key] is None:
                 raise ProblemError(f"{where}: missing field '{key}'")
@@ -92,20 +103,30 @@ class Problem:
             if not d[key].strip():
                 raise ProblemError(f"{where}: field '{key}' is empty")
         pid = d["id"]
-        if not _ID.match(pid):
-            raise ProblemError(f"{where}: id {pid!r} must not contain whitespace")
+        if len(pid) > MAX_ID_CHARS:
+            raise ProblemError(
+                f"{where}: id {_show(pid)} is {len(pid)} characters long (at most {MAX_ID_CHARS})"
+            )
+        if not pid.isprintable() or " " in pid:  # isprintable() refuses all other whitespace
+            raise ProblemError(
+                f"{where}: id {pid!r} must not contain whitespace or control characters"
+            )
         where = f"{where}: problem '{pid}'"
         schema = d.get("schema", SCHEMA)
-        if type(schema) is not int or schema != SCHEMA:
-            raise ProblemError(f"{where}: schema {schema!r} is not supported (expected {SCHEMA})")
+        if type(schema) is not int or schema not in READABLE_SCHEMAS:
+            raise ProblemError(
+                f"{where}: schema {_show(schema)} is not supported "
+                f"(this version reads {', '.join(map(str, READABLE_SCHEMAS))})"
+            )
         if d["difficulty"] not in DIFFICULTIES:
             raise ProblemError(
-                f"{where}: difficulty {d['difficulty']!r} must be one of {', '.join(DIFFICULTIES)}"
+                f"{where}: difficulty {_show(d['difficulty'])} must be one of "
+                f"{', '.join(DIFFICULTIES)}"
             )
         split = d.get("split")
         if split is not None and split not in SPLITS:
             raise ProblemError(
-                f"{where}: split {split!r} must be one of {', '.join(SPLITS)} or null"
+                f"{where}: split {_show(split)} must be one of {', '.join(SPLITS)} or null"
             )
         tags = d.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
@@ -114,7 +135,9 @@ class Problem:
         if entry_point is not None and (
             not isinstance(entry_point, str) or not entry_point.isidentifier()
         ):
-            raise ProblemError(f"{where}: entry_point {entry_point!r} is not a Python identifier")
+            raise ProblemError(
+                f"{where}: entry_point {_show(entry_point)} is not a Python identifier"
+            )
         tests = d["tests"]
         tree = _parse(tests, f"{where}: field 'tests'")
         defines_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
@@ -140,6 +163,11 @@ class Problem:
                 raise ProblemError(
                     f"{where}: canonical_solution does not define entry_point '{entry_point}'"
                 )
+        context = d.get("context")
+        if context is not None:
+            if not isinstance(context, str):
+                raise ProblemError(f"{where}: field 'context' must be a string")
+            _parse(context, f"{where}: field 'context'")
         return cls(
             id=pid,
             title=d["title"],
@@ -152,6 +180,7 @@ class Problem:
             tags=list(tags),
             split=split,
             schema=schema,
+            context=context,
         )
 
 
@@ -160,6 +189,10 @@ def _parse(source: str, where: str) -> ast.Module:
         return ast.parse(source)
     except SyntaxError as exc:
         raise ProblemError(f"{where} is not valid Python (line {exc.lineno}: {exc.msg})") from None
+    except (RecursionError, MemoryError):  # the parser's stack overflowing: "-" * 10**5 + "1"
+        raise ProblemError(
+            f"{where} is nested too deeply (or is too large) for Python's parser"
+        ) from None
 
 
 def _defined_names(node: ast.stmt) -> set[str]:
@@ -171,12 +204,20 @@ def _defined_names(node: ast.stmt) -> set[str]:
 # ---------------------------------------------------------------------------- loading
 
 
-def _json_items(text: str) -> list[tuple[int, Any]]:
-    """(line, value) of each element of the problems array of a valid JSON document.
+_TOO_DEEP = "JSON nested too deeply to decode"
 
-    Elements are decoded one by one with ``raw_decode`` so each keeps the line it starts on.
+
+def _json_items(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    """(line, value) of each element of the problems array of a JSON document, and errors.
+
+    Elements are decoded one by one with ``raw_decode`` so each keeps the line it starts on;
+    an element that cannot be decoded ends the walk (where the next one starts is unknown),
+    the ones before it are kept.
     """
     decoder = json.JSONDecoder()
+    counted = [0, 1]  # (position, its line): positions only grow, so lines are counted once
+    items: list[tuple[int, Any]] = []
+    start = 0
 
     def skip(i: int) -> int:
         while i < len(text) and text[i] in " \t\r\n":
@@ -184,103 +225,155 @@ def _json_items(text: str) -> list[tuple[int, Any]]:
         return i
 
     def line_of(i: int) -> int:
-        return text.count("\n", 0, i) + 1
+        counted[1] += text.count("\n", counted[0], i)
+        counted[0] = i
+        return counted[1]
 
-    def array(i: int) -> list[tuple[int, Any]]:
-        items: list[tuple[int, Any]] = []
+    def decode(i: int) -> tuple[Any, int]:
+        nonlocal start
+        start = i
+        return decoder.raw_decode(text, i)
+
+    def array(i: int) -> None:
         i = skip(i + 1)
         if i < len(text) and text[i] == "]":
-            return items
+            return
         while True:
             i = skip(i)
-            value, end = decoder.raw_decode(text, i)
+            value, end = decode(i)
             items.append((line_of(i), value))
             i = skip(end)
             if i < len(text) and text[i] == ",":
                 i += 1
                 continue
-            return items
+            return
 
-    start = skip(0)
-    if text[start] == "[":
-        return array(start)
-    # walk the top-level object to find where the "problems" array starts
-    i = skip(start + 1)
-    while True:
-        key, i = decoder.raw_decode(text, skip(i))
-        i = skip(skip(i) + 1)  # past ':'
-        if key == "problems":
-            return array(i)
-        _, i = decoder.raw_decode(text, i)
-        i = skip(i) + 1  # past ','
+    try:
+        i = skip(0)
+        if text[i] == "[":
+            array(i)
+            return items, []
+        # walk the top-level object to find where the "problems" array starts
+        i = skip(i + 1)
+        while True:
+            key, i = decode(skip(i))
+            i = skip(skip(i) + 1)  # past ':'
+            if key == "problems":
+                array(i)
+                return items, []
+            _, i = decode(i)
+            i = skip(i) + 1  # past ','
+    except json.JSONDecodeError as exc:
+        error = f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"
+        return items, [(exc.lineno, error)]
+    except RecursionError:  # the decoder recurses once per level: [[[[...]]]] exhausts the stack
+        line = line_of(start)
+        return items, [(line, f"{path}:{line}: {_TOO_DEEP}")]
 
 
-def _records(path: Path, text: str) -> list[tuple[int, Any]] | list[str]:
-    """Records with their line numbers, or the list of file-level errors."""
+def _utf8_lines(path: Path, raw: bytes) -> tuple[str, list[tuple[int, str]]]:
+    """JSONL text with its lines that are not UTF-8 blanked, and (line, error) for each."""
+    lines: list[str] = []
+    errors: list[tuple[int, str]] = []
+    offset = 0
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            lines.append("")
+            errors.append((number, f"{path}:{number}: invalid UTF-8 at byte {offset + exc.start}"))
+        offset += len(line) + 1
+    return "\n".join(lines), errors
+
+
+def _records(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    """Records with their line numbers, and (line, error) of what could not be read."""
     stripped = text.lstrip()
     if not stripped:
-        return []
+        formats = 'JSONL (one problem object a line), a JSON list or {"problems": [...]}'
+        return [], [(0, f"{path}: empty problems file: expected {formats}")]
     if path.suffix != ".jsonl":
+        document = stripped[0] == "[" or path.suffix == ".json"
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            if stripped[0] == "[" or path.suffix == ".json":
-                return [f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"]
+            if document:
+                error = f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"
+                return [], [(exc.lineno, error)]
             data = None  # not one JSON document: read it as JSONL
+        except RecursionError:
+            if document:
+                return _json_items(path, text)  # finds the line of the element too deep
+            data = None
         if isinstance(data, dict) and "problems" in data and not isinstance(data["problems"], list):
-            return [f'{path}: "problems" must be a list of problem objects']
+            return [], [(0, f'{path}: "problems" must be a list of problem objects')]
         if isinstance(data, list) or (isinstance(data, dict) and "problems" in data):
-            return _json_items(text)
+            return _json_items(path, text)
         if data is not None and not isinstance(data, dict):
-            return [
+            message = (
                 f"{path}: expected a JSON list of problems, an object with a "
                 f'"problems" list, or JSONL (one problem object a line)'
-            ]
+            )
+            return [], [(0, message)]
     records: list[tuple[int, Any]] = []
-    errors: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    errors: list[tuple[int, str]] = []
+    # "\n" only: splitlines() also cuts at U+2028 and U+0085, which JSON strings may hold
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             records.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
-            errors.append(f"{path}:{number}: invalid JSON: {exc.msg} (column {exc.colno})")
-    return errors if errors else records
+            errors.append(
+                (number, f"{path}:{number}: invalid JSON: {exc.msg} (column {exc.colno})")
+            )
+        except RecursionError:
+            errors.append((number, f"{path}:{number}: {_TOO_DEEP}"))
+    return records, errors
 
 
 def read_problems(path: str | Path) -> tuple[list[Problem], list[str]]:
-    """Every valid problem of a file plus every error (``file:line: ...``); never raises on content."""
+    """Every valid problem of a file plus every error (``file:line: ...``, in line order);
+    never raises on content."""
+    from .io import packed_format
+
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         return [], [f"{path}: cannot read problems file: {exc.strerror}"]
+    packed = packed_format(raw[:16])
+    if packed:
+        return [], [f"{path}: not UTF-8 JSON or JSONL (looks {packed})"]
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # the byte order mark Windows editors write
+    errors: list[tuple[int, str]] = []
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        return [], [f"{path}:{line}: invalid UTF-8 at byte {exc.start}"]
-    records = _records(path, text)
-    if records and isinstance(records[0], str):
-        return [], list(records)  # type: ignore[arg-type]
+        if path.suffix == ".json" or raw.lstrip().startswith(b"["):
+            line = raw.count(b"\n", 0, exc.start) + 1
+            return [], [f"{path}:{line}: invalid UTF-8 at byte {exc.start}"]
+        text, errors = _utf8_lines(path, raw)
+    records, more = _records(path, text)
+    errors += more
     problems: list[Problem] = []
-    errors: list[str] = []
     seen: dict[str, int] = {}
-    for line, record in records:  # type: ignore[misc]
+    for line, record in records:
         where = f"{path}:{line}"
         try:
             problem = Problem.from_dict(record, where)
         except ProblemError as exc:
-            errors.append(str(exc))
+            errors.append((line, str(exc)))
             continue
         if problem.id in seen:
+            first = seen[problem.id]
             errors.append(
-                f"{where}: duplicate id '{problem.id}' (first defined at line {seen[problem.id]})"
+                (line, f"{where}: duplicate id '{problem.id}' (first defined at line {first})")
             )
             continue
         seen[problem.id] = line
         problems.append(problem)
-    return problems, errors
+    return problems, [message for _, message in sorted(errors, key=lambda e: e[0])]
 
 
 def load_problems(path: str | Path) -> list[Problem]:
@@ -445,9 +538,11 @@ def humaneval_problems() -> list[Problem]:
     - ``id``: the task id (``HumanEval/0``); ``title``: the entry point in words.
     - ``prompt``: an instruction followed by the original signature and docstring.
     - ``canonical_solution``: the original prompt plus its body (a complete module).
-    - ``tests``: the prompt's imports and helper functions (some checks call them, e.g.
-      ``poly`` in HumanEval/32), then the original ``test`` source defining
-      ``check(candidate)``; the checker calls ``check`` with ``entry_point``, as HumanEval does.
+    - ``context``: the prompt's imports and helper functions (solutions call them, e.g.
+      ``poly`` in HumanEval/32): the checker runs them before the solution.
+    - ``tests``: the same context (some checks call the helpers too), then the original
+      ``test`` source defining ``check(candidate)``; the checker calls ``check`` with
+      ``entry_point``, as HumanEval does.
     - ``category`` (heuristic): of parsing / strings / math / arrays, the one whose key words
       (``parse``, ``bracket``; ``string``, ``vowel``; ``prime``, ``digit``; ``list``, ...)
       occur most often in the prompt (ties: that order), else ``algorithms``.
@@ -480,6 +575,7 @@ def humaneval_problems() -> list[Problem]:
                 "canonical_solution": prompt + row["canonical_solution"],
                 "tags": ["humaneval"],
                 "split": "eval",
+                "context": context or None,
             }
             problems.append(Problem.from_dict(record, f"{path}:{number}"))
     return problems

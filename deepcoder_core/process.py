@@ -29,7 +29,8 @@ import click
 from .chat_template import ChatRenderer
 from .config import Config, ConfigError, load_config, snapshot
 from .encoding import PromptEncoder, arrays
-from .io import BadLine, atomic_write_json, decode_record, jsonl_lines
+from .errors import DeepcoderError
+from .io import BadLine, atomic_write_json, decode_record, jsonl_lines, packed_format
 from .plugins import PluginError
 from .protocols import Span, SpanType
 from .spans import (
@@ -55,7 +56,7 @@ _MARGIN = 8
 _MAX_LISTED_BAD = 100
 
 
-class ProcessError(Exception):
+class ProcessError(DeepcoderError):
     """A processing problem the user can act on (missing file, bad option, no tokenizer)."""
 
 
@@ -668,6 +669,7 @@ def _table(columns: dict[str, list[Any]]):
 
 def _bad_kind(reason: str) -> str:
     for key, kind in (
+        ("nested too deeply", "too_deep"),
         ("invalid JSON", "invalid_json"),
         ("invalid UTF-8", "invalid_utf8"),
         ("too large", "too_large"),
@@ -676,12 +678,24 @@ def _bad_kind(reason: str) -> str:
         ("empty steps", "empty_steps"),
         ("empty step", "empty_steps"),
         ("empty record", "empty_record"),
+        ("has type", "wrong_type"),
         ("missing field", "missing_field"),
         ("unknown record format", "unknown_format"),
     ):
         if key in reason:
             return kind
     return "bad_record"
+
+
+def _check_trajectories(path: Path) -> None:
+    """Refuse, before any work, a file that cannot hold trajectories: empty or compressed."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if not head:
+        raise ProcessError(f"{path}: empty file: no trajectories to process (check the path)")
+    packed = packed_format(head)
+    if packed:
+        raise ProcessError(f"{path}: not UTF-8 JSONL (looks {packed})")
 
 
 def _sha256(path: Path) -> str:
@@ -725,6 +739,7 @@ def process(
         raise ProcessError(f"processing.max_length {cfg.max_length}: must be at least 8")
     if not trajectories.is_file():
         raise ProcessError(f"{trajectories}: no such trajectories file")
+    _check_trajectories(trajectories)
     detector = detector or cfg.detector
     num_proc = int(cfg.num_proc if num_proc is None else num_proc)
     if num_proc <= 0:  # one per core this process may use
@@ -756,6 +771,8 @@ def process(
             jsonl_lines(trajectories, errors=bad, max_line_bytes=cfg.max_record_bytes)
         )
     ]
+    if not items and not bad:
+        raise ProcessError(f"{trajectories}: no trajectories: every line is blank")
     if cfg.agreement_sample > 0:  # compared records spread over the file (and the workers)
         worker.agreement_stride = max(1, -(-len(items) // cfg.agreement_sample))
     phases["read"] = time.perf_counter() - started - sum(phases.values())
@@ -989,6 +1006,15 @@ def process_command(
     for bad in summary["bad_input"]["lines"][:10]:
         click.secho(
             f"warning: skipped {trajectories}:{bad['line']}: {bad['reason']}", fg="yellow", err=True
+        )
+    too_large = summary["bad_input"]["by_reason"].get("too_large", 0)
+    if too_large:
+        click.secho(
+            f"warning: {too_large} record(s) over processing.max_record_bytes "
+            f"({config.processing.max_record_bytes:,} bytes) skipped unread; raise it "
+            "(--set processing.max_record_bytes=N) to keep them",
+            fg="yellow",
+            err=True,
         )
     if summary["bad_input"]["count"] > 10:
         click.secho(

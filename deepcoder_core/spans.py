@@ -44,6 +44,27 @@ class RecordError(ValueError):
     """A record that cannot be turned into segments; the message names the field."""
 
 
+def _field(
+    record: dict[str, Any], name: str, kind: type, what: str, *, empty_ok: bool = True
+) -> Any:
+    """``record[name]``, present and of ``kind``; RecordError naming the field otherwise."""
+    value = record.get(name)
+    if value is not None:
+        _typed(value, kind, name)
+    if value is None or not (empty_ok or value):
+        raise RecordError(f"missing field '{name}' ({what})")
+    return value
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    """``value`` when it is a ``kind`` (bool is not taken for int); RecordError otherwise."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return value
+    expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+    raise RecordError(f"field '{where}' has type {type(value).__name__}, expected {expected}")
+
+
 @dataclass
 class Segment:
     """A piece of a chat: one message's content, or one tool call's name or arguments.
@@ -76,16 +97,17 @@ class Parsed:
 
 
 def detect_format(record: dict[str, Any]) -> str:
-    """The format of one record, from its keys; RecordError when none fits."""
+    """The format of one record, from its keys (the parser then checks their types);
+    RecordError when none fits."""
     if "steps" in record and ("problem_id" in record or "schema" in record):
         return "deepcoder"
-    if isinstance(record.get("conversations"), list):
+    if record.get("conversations") is not None:
         return "sharegpt"
-    if isinstance(record.get("messages"), list):
+    if record.get("messages") is not None:
         return "openai"
     if "instruction" in record and "output" in record:
         return "fireact"
-    if isinstance(record.get("text"), str):
+    if record.get("text") is not None:
         return "text"
     keys = ", ".join(sorted(record)[:8]) or "none"
     raise RecordError(
@@ -105,7 +127,7 @@ def parse_record(record: dict[str, Any], fmt: str = "auto") -> Parsed:
     _mark_prompt(segments)
     if not any(seg.text for seg in segments if not seg.prompt):
         raise RecordError("empty record: no assistant text after the prompt")
-    success = record.get("success")
+    success = _typed(record.get("success"), (bool, type(None)), "success")
     meta = {
         "trajectory_id": str(record.get("id") or record.get("trajectory_id") or ""),
         "problem_id": str(record.get("problem_id") or ""),
@@ -134,7 +156,7 @@ def _text(value: Any, where: str) -> str:
     if isinstance(value, list):
         texts = [p.get("text", "") for p in value if isinstance(p, dict)]
         return "".join(t for t in texts if isinstance(t, str))
-    raise RecordError(f"{where}: expected text, got {type(value).__name__}")
+    raise RecordError(f"field '{where}' has type {type(value).__name__}, expected str or list")
 
 
 def _think(reasoning: str | None, content: str) -> str:
@@ -235,20 +257,19 @@ def fill_gaps(
 
 
 def _parse_deepcoder(record: dict[str, Any]) -> list[Segment]:
-    steps = record.get("steps")
-    if not isinstance(steps, list):
-        raise RecordError("missing field 'steps' (a list of steps)")
+    steps = _field(record, "steps", list, "a list of steps")
     if not steps:
         raise RecordError("empty steps: the trajectory has no step")
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RecordError("missing field 'messages' (the chat with the prompt)")
+    messages = _field(record, "messages", list, "the chat with the prompt", empty_ok=False)
+    final_answer = _typed(record.get("final_answer"), (str, type(None)), "final_answer")
     segments: list[Segment] = []
     index = 0
     while index < len(messages) and _role(messages[index], index) != "assistant":
         msg = messages[index]
         segments.append(
-            Segment(_role(msg, index), _text(msg.get("content"), f"messages[{index}]"), index)
+            Segment(
+                _role(msg, index), _text(msg.get("content"), f"messages[{index}].content"), index
+            )
         )
         index += 1
     if not segments:
@@ -259,15 +280,15 @@ def _parse_deepcoder(record: dict[str, Any]) -> list[Segment]:
     for i in range(index, len(messages)):
         msg = messages[i]
         if _role(msg, i) == "assistant":
-            replies.append(_text(msg.get("content"), f"messages[{i}]"))
+            replies.append(_text(msg.get("content"), f"messages[{i}].content"))
             observations.append(None)
         elif replies and observations[-1] is None:
-            observations[-1] = _text(msg.get("content"), f"messages[{i}]")
-    final_answer = record.get("final_answer")
+            observations[-1] = _text(msg.get("content"), f"messages[{i}].content")
     number = len(segments)
     for k, step in enumerate(steps):
-        if not isinstance(step, dict):
-            raise RecordError(f"steps[{k}]: expected an object, got {type(step).__name__}")
+        _typed(step, dict, f"steps[{k}]")
+        for name in ("thought", "reasoning"):
+            _typed(step.get(name), (str, type(None)), f"steps[{k}].{name}")
         if k < len(replies):
             content = replies[k]
         else:
@@ -309,21 +330,18 @@ def _synthesize_raw(step: dict[str, Any], final_answer: str | None, last: bool) 
 
 
 def _role(msg: Any, index: int) -> str:
-    if not isinstance(msg, dict):
-        raise RecordError(f"messages[{index}]: expected an object, got {type(msg).__name__}")
+    _typed(msg, dict, f"messages[{index}]")
     role = msg.get("role")
-    if not isinstance(role, str):
+    if role is None:
         raise RecordError(f"messages[{index}]: missing field 'role'")
-    return role
+    return _typed(role, str, f"messages[{index}].role")
 
 
 # ---- openai chat
 
 
 def _parse_openai(record: dict[str, Any]) -> list[Segment]:
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RecordError("missing field 'messages' (a non-empty list)")
+    messages = _field(record, "messages", list, "a non-empty list", empty_ok=False)
     segments: list[Segment] = []
     for i, msg in enumerate(messages):
         role = {"developer": "system", "function": "tool", "ipython": "tool"}.get(
@@ -335,7 +353,8 @@ def _parse_openai(record: dict[str, Any]) -> list[Segment]:
             content = _think(reasoning if isinstance(reasoning, str) else None, content)
         kind = SpanType.OBSERVATION if role == "tool" else None
         segments.append(Segment(role, content, i, kind=kind))
-        for j, call in enumerate(msg.get("tool_calls") or []):
+        calls = _typed(msg.get("tool_calls") or [], list, f"messages[{i}].tool_calls")
+        for j, call in enumerate(calls):
             function = call.get("function", call) if isinstance(call, dict) else None
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):
                 raise RecordError(f"messages[{i}].tool_calls[{j}]: missing function name")
@@ -370,15 +389,12 @@ _SHAREGPT_ROLES = {
 
 
 def _parse_sharegpt(record: dict[str, Any]) -> list[Segment]:
-    turns = record.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise RecordError("missing field 'conversations' (a non-empty list)")
+    turns = _field(record, "conversations", list, "a non-empty list", empty_ok=False)
     segments: list[Segment] = []
     if isinstance(record.get("system"), str) and record["system"]:
         segments.append(Segment("system", record["system"], 0))
     for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise RecordError(f"conversations[{i}]: expected an object")
+        _typed(turn, dict, f"conversations[{i}]")
         speaker = turn.get("from", turn.get("role"))
         value = turn.get("value", turn.get("content"))
         role = _SHAREGPT_ROLES.get(str(speaker).lower())
@@ -399,21 +415,15 @@ def _parse_sharegpt(record: dict[str, Any]) -> list[Segment]:
 
 
 def _parse_fireact(record: dict[str, Any]) -> list[Segment]:
-    instruction = record.get("instruction")
-    output = record.get("output")
-    if not isinstance(instruction, str):
-        raise RecordError("missing field 'instruction' (text)")
-    if not isinstance(output, str):
-        raise RecordError("missing field 'output' (text)")
+    instruction = _field(record, "instruction", str, "text")
+    output = _field(record, "output", str, "text")
     extra = record.get("input")
     prompt = instruction + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
     return [Segment("user", prompt, 0), Segment("assistant", output, 1)]
 
 
 def _parse_text(record: dict[str, Any]) -> list[Segment]:
-    text = record.get("text")
-    if not isinstance(text, str):
-        raise RecordError("missing field 'text'")
+    text = _field(record, "text", str, "the text to tokenize")
     return [Segment("text", text, 0)]
 
 

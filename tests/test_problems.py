@@ -51,8 +51,12 @@ def _jsonl(path, records):
 
 def test_round_trip_through_dict():
     problem = Problem.from_dict(GOOD)
-    assert problem.tags == ["basics"] and problem.schema == 1
+    assert problem.tags == ["basics"] and problem.schema == 2
     assert Problem.from_dict(problem.to_dict()) == problem
+    old = Problem.from_dict({**GOOD, "schema": 1})  # schema 1 (no context) is still read
+    assert old.schema == 1 and old.context is None and old.to_dict()["schema"] == 1
+    with_context = Problem.from_dict({**GOOD, "context": "import math\n"})
+    assert with_context.to_dict()["context"] == "import math\n"
 
 
 def test_loads_jsonl_json_list_and_object(tmp_path):
@@ -107,7 +111,8 @@ def test_duplicate_ids_name_both_lines(tmp_path):
             {"difficulty_level": "easy"},
             "unknown field 'difficulty_level'; did you mean 'difficulty'?",
         ),
-        ({"schema": 2}, "schema 2 is not supported"),
+        ({"schema": 3}, "schema 3 is not supported"),
+        ({"context": "def (:"}, "field 'context'"),
         ({"id": "a b"}, "must not contain whitespace"),
     ],
 )
