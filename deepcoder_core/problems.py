@@ -1,7 +1,7 @@
 """Coding problems: the Problem record, loading with file:line errors, filtering, sampling, stats.
 
 A problems file is JSONL (one object a line), a JSON list, or ``{"problems": [...]}``.
-Every record is checked against the Problem contract of ARCHITECTURE.md; an error names the
+Every record is checked against the Problem contract of `docs/architecture.md`; an error names the
 file, the line and the field (``problems.jsonl:17: missing field 'tests'``), and an id used
 twice names both lines.
 
@@ -49,7 +49,7 @@ class ProblemError(DeepcoderError, ValueError):
 
 @dataclass
 class Problem:
-    """One coding problem (ARCHITECTURE.md, data contracts; schema 1)."""
+    """One coding problem (`docs/architecture.md`, data contracts; schema 2)."""
 
     id: str
     title: str

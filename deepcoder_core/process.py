@@ -6,7 +6,7 @@ the fast tokenizer, map character spans to tokens, fit it into ``max_length`` (t
 step boundary, drop, or split into windows that each repeat the prompt), and filter again
 (length, span ratios). Bad input lines and unusable records are counted with their line
 numbers; the rest is written as a ``datasets`` folder plus ``summary.json`` and the config
-snapshot. Columns follow the processed-dataset contract of ARCHITECTURE.md.
+snapshot. Columns follow the processed-dataset contract of `docs/architecture.md`.
 """
 
 from __future__ import annotations

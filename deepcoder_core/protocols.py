@@ -18,7 +18,7 @@ KINDS = ("teacher", "tool", "span_detector", "loss", "weighting")
 
 
 class SpanType(enum.IntEnum):
-    """Per-token span label of the processed dataset (ARCHITECTURE.md, data contracts)."""
+    """Per-token span label of the processed dataset (`docs/architecture.md`, data contracts)."""
 
     OTHER = 0  # prompt, chat-template scaffolding
     REASONING = 1

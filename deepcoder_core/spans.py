@@ -8,7 +8,7 @@ maps character labels to tokens with the fast tokenizer's offset mapping.
 
 Formats (detected per record, or forced with ``--format``):
 
-- ``deepcoder``: our Trajectory record (ARCHITECTURE.md); the step structure (thought,
+- ``deepcoder``: our Trajectory record (`docs/architecture.md`, `deepcoder_core/records.py`); the step structure (thought,
   action, final answer) is located inside each assistant message and kept as ``parts``.
 - ``openai``: ``{"messages": [...]}`` chat with ``tool_calls`` and ``tool`` results.
 - ``fireact``: FireAct / Alpaca ``{"instruction", "input", "output"}``.

@@ -1,6 +1,6 @@
 """Synthetic agent data for the processing tests and benchmark.
 
-``trajectory(i)`` builds a record following the Trajectory contract of ARCHITECTURE.md and
+``trajectory(i)`` builds a record following the Trajectory contract of `docs/architecture.md` and
 interfaces.md (schema 1: messages as sent, steps with thought/action/observation/raw/reasoning);
 ``fireact(i)`` builds a FireAct/Alpaca record together with its true character spans.
 Texts mix code fences, multi-byte characters and lines that look like markers inside code,
