@@ -29,6 +29,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .protocols import Completion, Observation
+from .react_format import (
+    ACTION,
+    ACTION_INPUT,
+    FENCE,
+    FINAL,
+    NEXT_PART,
+    OBSERVATION,
+    STOP,
+    THINK,
+    THINK_CLOSE_ONLY,
+    THOUGHT,
+    TOOL_CALL_TAG,
+)
 
 if TYPE_CHECKING:
     from .config import AgentConfig, Config
@@ -37,7 +50,6 @@ if TYPE_CHECKING:
 
 TRAJECTORY_SCHEMA = 1
 MAX_OBSERVATION_CHARS = 4000
-STOP = ("Observation:",)  # the teacher stops where the tool's result belongs
 TOOL_GRACE_SECONDS = 5.0  # beyond the tool's own timeout: its start-up and clean-up
 
 DEFAULT_SYSTEM_PROMPT = """\
@@ -109,20 +121,6 @@ class ParsedStep:
     hallucinated_observation: bool = False
 
 
-_THINK = re.compile(r"<think(?:ing)?>(.*?)(?:</think(?:ing)?>|\Z)", re.S | re.I)
-_THINK_CLOSE_ONLY = re.compile(r"^(.*?)</think(?:ing)?>", re.S | re.I)
-_MARK = r"^[ \t>#*_]*"  # markdown decoration before a keyword: quotes, headings, bold
-_AFTER = r"[ \t*_]*:[ \t*_]*"  # the colon, with bold markers on either side
-_OBSERVATION = re.compile(_MARK + r"observation" + _AFTER, re.I | re.M)
-_FINAL = re.compile(_MARK + r"final[ \t_-]*answer" + _AFTER, re.I | re.M)
-_ACTION = re.compile(_MARK + r"action(?:[ \t]*\d+)?" + _AFTER + r"(.*)$", re.I | re.M)
-_ACTION_INPUT = re.compile(_MARK + r"action[ \t_-]*input(?:[ \t]*\d+)?" + _AFTER, re.I | re.M)
-_THOUGHT = re.compile(r"\A\s*" + _MARK + r"thought(?:[ \t]*\d+)?" + _AFTER, re.I)
-_NEXT_PART = re.compile(
-    _MARK + r"(?:thought|action|final[ \t_-]*answer)\b[^:\n]{0,12}:", re.I | re.M
-)
-_FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-_TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.S)
 _INPUT_KEYS = ("input", "code", "query", "expression", "action_input", "text", "source")
 
 
@@ -132,9 +130,9 @@ def _strip_thinking(text: str) -> tuple[str, list[str]]:
     A ``</think>`` with no opening tag (chat templates that open it in the prompt) ends a
     block starting at the beginning; an unclosed ``<think>`` runs to the end.
     """
-    thoughts = [m.group(1).strip() for m in _THINK.finditer(text)]
-    text = _THINK.sub("", text)
-    match = _THINK_CLOSE_ONLY.match(text)
+    thoughts = [m.group(1).strip() for m in THINK.finditer(text)]
+    text = THINK.sub("", text)
+    match = THINK_CLOSE_ONLY.match(text)
     if match:
         thoughts.insert(0, match.group(1).strip())
         text = text[match.end() :]
@@ -143,8 +141,8 @@ def _strip_thinking(text: str) -> tuple[str, list[str]]:
 
 def _outside_thinking(text: str) -> list[tuple[int, int]]:
     """Character ranges of ``text`` that are not inside thinking blocks."""
-    spans = [(m.start(), m.end()) for m in _THINK.finditer(text)]
-    close = _THINK_CLOSE_ONLY.match(text)
+    spans = [(m.start(), m.end()) for m in THINK.finditer(text)]
+    close = THINK_CLOSE_ONLY.match(text)
     if close and not any(s <= close.end() - 1 < e for s, e in spans):
         spans.insert(0, (0, close.end()))
     ranges, pos = [], 0
@@ -161,7 +159,7 @@ def _cut_observation(text: str) -> tuple[str, bool]:
     (outside thinking); an observation line before any action is only a recap and stays."""
     for start, end in _outside_thinking(text):
         pos = start
-        while (match := _OBSERVATION.search(text, pos, end)) is not None:
+        while (match := OBSERVATION.search(text, pos, end)) is not None:
             before, _ = _strip_thinking(text[: match.start()])
             if _first_action(before) is not None:
                 return text[: match.start()].rstrip(), True
@@ -173,7 +171,7 @@ def _unfence(text: str) -> str:
     """The content of the first code fence if ``text`` starts with one, else ``text`` stripped."""
     stripped = text.strip()
     if stripped.startswith("```"):
-        match = _FENCE.match(stripped)
+        match = FENCE.match(stripped)
         if match:
             return match.group(2).strip("\n")
     if len(stripped) >= 2 and stripped[0] == stripped[-1] == "`" and "\n" not in stripped:
@@ -220,7 +218,7 @@ def code_blocks(text: str) -> list[str]:
     """Python code blocks of ``text`` (fences tagged python/py or untagged), in order."""
     return [
         m.group(2).strip("\n")
-        for m in _FENCE.finditer(text)
+        for m in FENCE.finditer(text)
         if m.group(1).lower() in ("", "python", "py", "python3")
     ]
 
@@ -248,9 +246,9 @@ def extract_code(text: str, entry_point: str | None = None) -> str | None:
 def _json_action(text: str) -> dict[str, Any] | None:
     """An action written as JSON: ``{"action": .., "action_input": ..}`` (LangChain chat agents),
     ``{"name": .., "arguments": ..}`` (tool-call JSON, also inside ``<tool_call>`` tags)."""
-    candidates = [(m.start(), m.group(1)) for m in _TOOL_CALL_TAG.finditer(text)]
+    candidates = [(m.start(), m.group(1)) for m in TOOL_CALL_TAG.finditer(text)]
     candidates += [
-        (m.start(), m.group(2)) for m in _FENCE.finditer(text) if m.group(1).lower() in ("json", "")
+        (m.start(), m.group(2)) for m in FENCE.finditer(text) if m.group(1).lower() in ("json", "")
     ]
     if text.strip().startswith("{"):
         candidates.append((0, text.strip()))
@@ -288,11 +286,11 @@ def parse_step(
         hallucinated_observation=hallucinated,
     )
 
-    final = _FINAL.search(body)
+    final = FINAL.search(body)
     action = _first_action(body)
     first = min((m.start() for m in (final, action) if m), default=None)
     thought_end = first if first is not None else len(body)
-    step.thought = _THOUGHT.sub("", body[:thought_end].strip()).strip()
+    step.thought = THOUGHT.sub("", body[:thought_end].strip()).strip()
 
     if final and (action is None or final.start() < action.start()):
         step.final_answer = body[final.end() :].strip()
@@ -304,7 +302,7 @@ def parse_step(
     if action is not None:
         tool = _tool_name(action.group(1))
         rest = body[action.end() :]
-        marker = _ACTION_INPUT.search(rest)
+        marker = ACTION_INPUT.search(rest)
         if marker:
             raw_input = rest[marker.end() :]
         else:
@@ -325,7 +323,7 @@ def parse_step(
 
     found = _json_action(body)
     if found:
-        step.thought = _THOUGHT.sub("", body[: found["at"]].strip()).strip()
+        step.thought = THOUGHT.sub("", body[: found["at"]].strip()).strip()
         return _json_step(step, found, entry_point)
     if _implicit_step(step, body, entry_point):
         return step
@@ -341,7 +339,7 @@ def _implicit_step(step: ParsedStep, body: str, entry_point: str | None) -> bool
     """
     blocks = [
         m
-        for m in _FENCE.finditer(body)
+        for m in FENCE.finditer(body)
         if m.group(1).lower() in ("", "python", "py", "python3") and m.group(2).strip()
     ]
     if not blocks:
@@ -352,7 +350,7 @@ def _implicit_step(step: ParsedStep, body: str, entry_point: str | None) -> bool
         if entry_point and re.search(rf"\bdef\s+{re.escape(entry_point)}\b", m.group(2))
     ]
     chosen = defining[0] if defining else blocks[0]
-    step.thought = _THOUGHT.sub("", body[: chosen.start()].strip()).strip()
+    step.thought = THOUGHT.sub("", body[: chosen.start()].strip()).strip()
     code = chosen.group(2).strip("\n")
     if defining:
         step.final_answer = body[chosen.start() :].strip()
@@ -367,7 +365,7 @@ def _until_next_part(text: str) -> str:
     line starts; a fenced one ends with its fence."""
     if text.strip().startswith(("```", "{", '"')):
         return text
-    match = _NEXT_PART.search(text)
+    match = NEXT_PART.search(text)
     return text[: match.start()] if match else text
 
 
@@ -375,10 +373,10 @@ def _first_action(body: str) -> re.Match[str] | None:
     """The first ``Action:`` line that is not an ``Action Input:`` line."""
     pos = 0
     while True:
-        match = _ACTION.search(body, pos)
+        match = ACTION.search(body, pos)
         if match is None:
             return None
-        if not _ACTION_INPUT.match(body, match.start()):
+        if not ACTION_INPUT.match(body, match.start()):
             return match
         pos = match.end()
 

@@ -27,6 +27,11 @@ class SpanType(enum.IntEnum):
     ANSWER = 4
 
 
+SPAN_NAMES: dict[int, str] = {int(t): t.name.lower() for t in SpanType}
+"""Span type number -> name (``other``, ``reasoning``, ``action``, ``observation``,
+``answer``): the one vocabulary for dataset summaries, metrics, logs and plots."""
+
+
 # ---------------------------------------------------------------------------- teachers
 
 
