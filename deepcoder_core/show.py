@@ -1,7 +1,10 @@
 """``deepcoder show``: look at pipeline records in the terminal.
 
 Each record kind is one subcommand of the ``show`` group (``show trajectory``; other stages add
-theirs next to it with ``@show_group.command(...)``).
+theirs next to it with ``@show_group.command(...)``). Trajectories are read through
+:meth:`deepcoder_core.records.Trajectory.from_dict`; a line that is not one is skipped with a
+warning, like a line that is not JSON. Nothing to show raises :class:`ShowError`, which the
+CLI prints as one ``Error:`` line.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from typing import Any
 
 import click
 
-from .cli import fail
+from .errors import DeepcoderError, RecordError
+from .records import Trajectory
 
 # One colour per span kind, so reasoning, actions and observations are told apart at a glance.
 STYLES = {
@@ -26,6 +30,10 @@ STYLES = {
 }
 
 
+class ShowError(DeepcoderError):
+    """A file that cannot be read, or holds nothing that was asked for."""
+
+
 @click.group("show")
 def show_group() -> None:
     """Render pipeline records (trajectories, ...) readably, in colour."""
@@ -38,63 +46,57 @@ def _console(color: bool | None):
     return Console(force_terminal=color, no_color=color is False, highlight=False, soft_wrap=True)
 
 
-def render_trajectory(record: dict[str, Any], console: Any) -> None:
-    """Print one Trajectory record: a header, then each step's reasoning, thought, action and
+def render_trajectory(trajectory: Trajectory, console: Any) -> None:
+    """Print one trajectory: a header, then each step's reasoning, thought, action and
     observation in its own colour, then the final answer and the check result."""
     from rich.panel import Panel
     from rich.rule import Rule
     from rich.syntax import Syntax
     from rich.text import Text
 
-    teacher = record.get("teacher") or {}
-    usage = record.get("usage") or {}
-    success = record.get("success")
-    verdict = Text("passed", style="bold green") if success else Text("failed", style="bold red")
+    verdict = ("passed", "bold green") if trajectory.success else ("failed", "bold red")
     header = Text.assemble(
         ("trajectory ", STYLES["muted"]),
-        (str(record.get("id")), "bold"),
+        (trajectory.id, "bold"),
         ("  problem ", STYLES["muted"]),
-        (str(record.get("problem_id")), "bold"),
-        (f"  [{record.get('difficulty')}/{record.get('category')}]", STYLES["muted"]),
+        (trajectory.problem_id, "bold"),
+        (f"  [{trajectory.difficulty}/{trajectory.category}]", STYLES["muted"]),
         "\nteacher ",
-        (f"{teacher.get('plugin')}:{teacher.get('model')}", "bold"),
+        (f"{trajectory.teacher.plugin}:{trajectory.teacher.model}", "bold"),
         "  tests ",
         verdict,
-        f" {record.get('tests_passed')}/{record.get('tests_total')}",
+        f" {trajectory.tests_passed}/{trajectory.tests_total}",
         (
-            f"  tokens {usage.get('prompt_tokens', 0)} in / "
-            f"{usage.get('completion_tokens', 0)} out",
+            f"  tokens {trajectory.prompt_tokens} in / {trajectory.completion_tokens} out",
             STYLES["muted"],
         ),
     )
-    if record.get("error"):
-        header.append(f"\nerror: {record['error']}", style=STYLES["error"])
+    if trajectory.error:
+        header.append(f"\nerror: {trajectory.error}", style=STYLES["error"])
     console.print(Panel(header, expand=False))
 
-    for number, step in enumerate(record.get("steps") or [], start=1):
+    for number, step in enumerate(trajectory.steps, start=1):
         console.print(Rule(f"step {number}", style=STYLES["muted"]))
-        if step.get("reasoning"):
+        if step.reasoning:
             console.print(Text("Reasoning: ", style=f"bold {STYLES['reasoning']}"), end="")
-            console.print(Text(step["reasoning"].strip(), style=STYLES["reasoning"]))
-        if step.get("thought"):
+            console.print(Text(step.reasoning.strip(), style=STYLES["reasoning"]))
+        if step.thought:
             console.print(Text("Thought: ", style=f"bold {STYLES['thought']}"), end="")
-            console.print(Text(step["thought"].strip(), style=STYLES["thought"]))
-        action = step.get("action")
-        if action:
-            console.print(Text(f"Action: {action.get('tool')}", style=STYLES["action"]))
+            console.print(Text(step.thought.strip(), style=STYLES["thought"]))
+        if step.action:
+            console.print(Text(f"Action: {step.action.tool}", style=STYLES["action"]))
             console.print(Text("Action Input:", style=STYLES["action"]))
-            console.print(Text(str(action.get("input", "")), style="yellow"))
-        observation = step.get("observation")
-        if observation is not None:
+            console.print(Text(step.action.input, style="yellow"))
+        if step.observation is not None:
             style = STYLES["observation"]
-            if step.get("observation_ok") is False:
+            if step.observation_ok is False:
                 style = STYLES["observation_error"]
             console.print(Text("Observation: ", style=f"bold {style}"), end="")
-            console.print(Text(str(observation), style=style))
+            console.print(Text(step.observation, style=style))
 
-    if record.get("final_answer"):
+    if trajectory.final_answer:
         console.print(Rule("final answer", style=STYLES["answer"]))
-        console.print(Syntax(record["final_answer"], "python", theme="ansi_dark"))
+        console.print(Syntax(trajectory.final_answer, "python", theme="ansi_dark"))
 
 
 @show_group.command("trajectory")
@@ -103,25 +105,38 @@ def render_trajectory(record: dict[str, Any], console: Any) -> None:
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: tty).")
 def show_trajectory_command(file: str, ids: tuple[str, ...], color: bool | None) -> None:
     """Render the trajectories of FILE (JSONL written by `deepcoder generate`)."""
+    trajectories = read_trajectories(Path(file))
+    if ids:
+        wanted = set(ids)
+        trajectories = [t for t in trajectories if t.id in wanted or t.problem_id in wanted]
+        if not trajectories:
+            raise ShowError(
+                f"{file}: no trajectory with id {', '.join(ids)}; list them with `jq .id {file}`"
+            )
+    if not trajectories:
+        raise ShowError(f"{file}: no trajectories in the file")
+    console = _console(color)
+    for trajectory in trajectories:
+        render_trajectory(trajectory, console)
+
+
+def read_trajectories(path: Path) -> list[Trajectory]:
+    """The trajectories of a JSONL file; unreadable lines are skipped with a warning."""
     from .io import BadLine, read_jsonl
 
     bad: list[BadLine] = []
+    trajectories = []
     try:
-        records = [record for _, record in read_jsonl(Path(file), errors=bad)]
+        for number, record in read_jsonl(path, errors=bad):
+            try:
+                trajectories.append(Trajectory.from_dict(record))
+            except RecordError as exc:
+                bad.append(BadLine(str(path), number, str(exc)))
     except OSError as exc:
-        fail(f"{file}: cannot read: {exc.strerror}")
-    for line in bad:
+        raise ShowError(f"{path}: cannot read: {exc.strerror}") from None
+    for line in sorted(bad, key=lambda b: b.line):
         click.secho(f"warning: skipped {line}", fg="yellow", err=True)
-    if ids:
-        wanted = set(ids)
-        records = [r for r in records if r.get("id") in wanted or r.get("problem_id") in wanted]
-        if not records:
-            fail(f"{file}: no trajectory with id {', '.join(ids)}; list them with `jq .id {file}`")
-    if not records:
-        fail(f"{file}: no trajectories in the file")
-    console = _console(color)
-    for record in records:
-        render_trajectory(record, console)
+    return trajectories
 
 
 @show_group.command("example")
@@ -136,10 +151,8 @@ def show_example_command(
     directory: str, index: int, tokenizer: str | None, markers: bool, color: bool | None
 ) -> None:
     """Print one example of a processed dataset (`deepcoder process`), tokens coloured by span type."""
-    from .process import ProcessError, show_example
+    from .process import show_example
 
-    try:
-        text = show_example(Path(directory), index, tokenizer=tokenizer, markers=markers)
-    except ProcessError as exc:
-        fail(str(exc))
+    # a ProcessError is a DeepcoderError: the CLI prints it as one line
+    text = show_example(Path(directory), index, tokenizer=tokenizer, markers=markers)
     click.echo(text, color=color)

@@ -19,11 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .react_format import STOP, strip_thinking
+
 T = TypeVar("T")
 
-THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
-REACT_STOP = ("Observation:",)
-"""Where a ReAct completion ends: the tool result is written by the agent, not the model."""
+REACT_STOP = STOP
+"""Where a ReAct completion ends (``react_format.STOP``): the agent writes the tool result."""
 
 
 class TeacherError(Exception):
@@ -84,18 +85,16 @@ class TeacherStats:
 def split_thinking(text: str) -> tuple[str | None, str]:
     """``"<think>plan</think>answer"`` -> ``("plan", "answer")``; text without a block -> ``(None, text)``.
 
-    An unclosed ``<think>`` (a reply cut by max_tokens) counts as thinking to the end; a
+    Thinking blocks are read as the agent reads them (``react_format.strip_thinking``): an
+    unclosed ``<think>`` (a reply cut by max_tokens) counts as thinking to the end; a
     ``</think>`` with no opening tag (the chat template already wrote ``<think>`` into the
     prompt, as Qwen3 thinking models and DeepSeek-R1 do) closes thinking that began the reply.
+    Several blocks are joined by a newline.
     """
-    close = text.find("</think>")
-    if close != -1 and "<think>" not in text[:close]:
-        return text[:close].strip() or None, text[close + len("</think>") :].lstrip()
-    blocks = THINK.findall(text)
-    if not blocks:
+    rest, thoughts = strip_thinking(text)
+    if rest == text:
         return None, text
-    rest = THINK.sub("", text).lstrip()
-    return "\n".join(b.strip() for b in blocks if b.strip()) or None, rest
+    return "\n".join(thoughts) or None, rest.lstrip()
 
 
 def cut_at_stop(text: str, stop: list[str] | tuple[str, ...] | None) -> tuple[str, bool]:

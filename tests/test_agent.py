@@ -5,19 +5,20 @@ from types import SimpleNamespace
 
 import pytest
 
-from deepcoder_core import agent
-from deepcoder_core.agent import AgentRun, build_tools, parse_step, run_agent, tool_calls_from
+from deepcoder_core.agent import AgentRun, build_tools, loop, parse_step, run_agent, tool_calls_from
 from deepcoder_core.config import AgentConfig, Config
 from deepcoder_core.plugins import PluginError, build
 from deepcoder_core.problems import bundled_problems
 from deepcoder_core.protocols import Completion, Observation, Usage
+from deepcoder_core.records import Action, Step, Trajectory
 
 PROBLEM = next(p for p in bundled_problems() if p.id == "reverse-words")
 SOLUTION = PROBLEM.canonical_solution
-TRAJECTORY_KEYS = {
+# in the order every trajectory line has always been written
+TRAJECTORY_KEYS = [
     "schema", "id", "problem_id", "sample", "teacher", "messages", "steps", "final_answer",
     "success", "tests_passed", "tests_total", "usage", "timing", "error", "category", "difficulty",
-}  # fmt: skip
+]  # fmt: skip
 
 
 class ScriptedTeacher:
@@ -91,7 +92,7 @@ def test_scripted_teacher_solves_a_bundled_problem_through_the_python_tool():
     teacher = ScriptedTeacher([first, second])
     record = run_agent(teacher, PROBLEM, {"python": python}, CONFIG, sample=2)
 
-    assert set(record) == TRAJECTORY_KEYS
+    assert list(record) == TRAJECTORY_KEYS
     assert record["error"] is None
     assert record["success"] is True
     assert record["tests_total"] > 0 and record["tests_passed"] == record["tests_total"]
@@ -155,6 +156,29 @@ def test_actions_observations_and_sessions():
     assert record["final_answer"].strip() == SOLUTION.strip()
     assert run.finish() is record  # idempotent: tools are closed once
     assert echo.closed == ["t1"]
+
+
+def test_finish_writes_the_typed_trajectory_in_its_field_order():
+    replies = [
+        Completion(text="<think>plan</think>Thought: try\nAction: echo\nAction Input: hi"),
+        "Action: nope\nAction Input: 1",
+        f"Final Answer:\n```python\n{SOLUTION}```",
+    ]
+    info = {"plugin": "scripted", "model": "m", "params": {"temperature": 0.2}}
+    run = AgentRun(PROBLEM, info, {"echo": EchoTool()}, CONFIG, sample=1)
+    for reply in replies:
+        run.advance(reply)
+    record = run.finish()
+    assert run.finish() is record  # idempotent: the same dict
+    assert list(record) == TRAJECTORY_KEYS
+    step_keys = ["thought", "action", "observation", "observation_ok", "raw", "reasoning"]
+    assert all(list(step) == step_keys for step in record["steps"])
+    trajectory = run.finish_trajectory()
+    assert all(isinstance(step, Step) for step in trajectory.steps)
+    assert trajectory.steps[0].action == Action("echo", "hi") and trajectory.tool_calls == 2
+    assert record["steps"][0]["reasoning"] == "plan" and record["steps"][2]["action"] is None
+    line = json.dumps(record)
+    assert json.dumps(Trajectory.from_dict(json.loads(line)).to_dict()) == line
 
 
 def test_system_prompt_describes_tools_and_format():
@@ -252,7 +276,7 @@ def test_teacher_and_tool_failures_are_recorded_not_raised(monkeypatch):
             release.wait(10)
             return Observation("late")
 
-    monkeypatch.setattr(agent, "TOOL_GRACE_SECONDS", 0.05)
+    monkeypatch.setattr(loop, "TOOL_GRACE_SECONDS", 0.05)
     tools = {"broken": Broken(), "hangs": Hangs()}
     replies = [
         "Action: broken\nAction Input: 1",
@@ -467,6 +491,19 @@ def test_show_trajectory_renders_each_part_in_its_colour(tmp_path):
 
     missing = runner.invoke(cli, ["show", "trajectory", str(path), "--id", "nope"])
     assert missing.exit_code == 2 and "no trajectory with id nope" in missing.output
+
+
+def test_show_trajectory_skips_records_that_are_not_trajectories(tmp_path):
+    from click.testing import CliRunner
+
+    from deepcoder_core.cli import cli
+
+    path = tmp_path / "trajectories.jsonl"
+    path.write_text(json.dumps({"id": "x", "problem_id": "p", "success": 1}) + "\n")
+    result = CliRunner().invoke(cli, ["show", "trajectory", str(path)])
+    assert "skipped" in result.output and ":1: field success has type int" in result.output
+    assert result.exit_code == 2 and "Error: " in result.output
+    assert "no trajectories in the file" in result.output
 
 
 def test_unfenced_action_input_ends_at_the_next_part():

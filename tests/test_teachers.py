@@ -22,6 +22,8 @@ from deepcoder_core.teachers import (
         ("<think>cut by max_tokens", ("cut by max_tokens", "")),
         ("<think>\n\n</think>\n\nx", (None, "x")),  # Qwen3 with thinking off
         ("no thinking", (None, "no thinking")),
+        ("<Thinking>plan</Thinking> x", ("plan", "x")),  # read as the agent reads it
+        ("<think>a</think>b<think>c</think>d", ("a\nc", "bd")),
     ],
 )
 def test_split_thinking(text, expected):
