@@ -67,12 +67,23 @@ class TopK:
 
 @runtime_checkable
 class Teacher(Protocol):
-    """A chat model the agent drives. White-box teachers also implement ``score``.
+    """A chat model the agent drives: ``model`` (its name) and ``complete`` are required.
 
-    Optional methods, detected with ``hasattr``:
-    ``complete_batch(list_of_messages, **params) -> list[Completion]`` (local models batch agents),
-    ``score(token_ids, top_k) -> TopK`` (per-position next-token distribution of ``token_ids``;
-    ``top_k=None`` asks for dense log-probabilities in ``logprobs`` with ``indices`` empty).
+    Optional members, each detected where it is used (and nowhere else):
+
+    - ``complete_batch(list_of_messages, **params) -> list[Completion]``: local models step
+      many agents in one call (generation and evaluation use it when present);
+    - ``score(token_ids, top_k) -> TopK``: a white-box teacher's per-position next-token
+      distribution of ``token_ids`` (``top_k=None``: dense log-probabilities in ``logprobs``,
+      ``indices`` empty); the teacher-logit cache and ``deepcoder run``'s pre-flight check
+      use it. A teacher class may offer it as a method without being able to serve it (a
+      remote server without prompt log-probabilities): it raises ``TeacherError`` then;
+    - ``hf_model`` and ``tokenizer``: a local transformers model and its tokenizer, which
+      the cache scores directly (faster than ``score``);
+    - ``stats``: a ``TeacherStats`` (calls, retries, tokens) that generation reports;
+    - ``replays = True``: a recording, which generation asks with ``key=(problem_id,
+      sample, step)`` so each reply is found exactly;
+    - ``plugin_name``: the name recorded in trajectories (default: the class name).
     """
 
     model: str

@@ -15,15 +15,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from deepcoder_core import hookimpl
-from deepcoder_core.plugins import PluginError
-from deepcoder_core.protocols import Completion, Usage
-from deepcoder_core.teachers import (
+from deepcoder_core import (
+    Completion,
+    PluginError,
     RateLimiter,
     TeacherError,
     TeacherStats,
+    Usage,
     classify_http_error,
     estimate_tokens,
+    hookimpl,
     retry_call,
     split_thinking,
 )

@@ -16,9 +16,16 @@ import json
 import threading
 from typing import Any
 
-from deepcoder_core import hookimpl
-from deepcoder_core.protocols import Completion, TopK, Usage
-from deepcoder_core.teachers import TeacherError, TeacherStats, cut_at_stop, split_thinking
+from deepcoder_core import (
+    Completion,
+    TeacherError,
+    TeacherStats,
+    TopK,
+    Usage,
+    cut_at_stop,
+    hookimpl,
+    split_thinking,
+)
 
 _PARAMS = {"temperature", "top_p", "max_new_tokens", "max_tokens", "stop", "seed"}
 
@@ -71,7 +78,7 @@ class HFTeacher:
     @property
     def path(self) -> str:
         if self._path is None:
-            from deepcoder_core.models import resolve_model_path
+            from deepcoder_core import resolve_model_path
 
             self._path = _loading(resolve_model_path, self._model_arg)
         return self._path
@@ -79,7 +86,7 @@ class HFTeacher:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from deepcoder_core.models import load_tokenizer
+            from deepcoder_core import load_tokenizer
 
             tokenizer = _loading(load_tokenizer, self.path)
             tokenizer.padding_side = "left"  # generation continues from the right edge
@@ -89,7 +96,7 @@ class HFTeacher:
     @property
     def hf_model(self) -> Any:
         if self._hf_model is None:
-            from deepcoder_core.models import load_causal_lm
+            from deepcoder_core import load_causal_lm
 
             model = _loading(load_causal_lm, self.path, dtype=self.dtype, device=self.device)
             self._hf_model = _prepacked(model) if self.prepack else model

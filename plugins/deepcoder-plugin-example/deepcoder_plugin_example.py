@@ -8,8 +8,7 @@ import ast
 import math
 import operator
 
-from deepcoder_core import hookimpl
-from deepcoder_core.protocols import Observation
+from deepcoder_core import Observation, hookimpl
 
 _BINARY = {
     ast.Add: operator.add,

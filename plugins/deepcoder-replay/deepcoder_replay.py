@@ -15,11 +15,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deepcoder_core import hookimpl
-from deepcoder_core.io import read_jsonl
-from deepcoder_core.plugins import PluginError
-from deepcoder_core.protocols import Completion, Usage
-from deepcoder_core.teachers import TeacherError, TeacherStats
+from deepcoder_core import (
+    Completion,
+    PluginError,
+    TeacherError,
+    TeacherStats,
+    Usage,
+    hookimpl,
+    read_jsonl,
+)
 
 
 def _digest(messages: list[dict[str, Any]]) -> str:

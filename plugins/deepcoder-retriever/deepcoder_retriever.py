@@ -30,9 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from deepcoder_core import hookimpl
-from deepcoder_core.protocols import Observation
-from deepcoder_core.sandbox import PURE_MODULES
+from deepcoder_core import PURE_MODULES, Observation, hookimpl
 
 DEFAULT_MODULES = ("builtins", *PURE_MODULES)  # the modules the python tool may import
 DOC_SUFFIXES = (".md", ".txt", ".rst", ".py")

@@ -22,9 +22,15 @@ import threading
 import zlib
 from typing import Any
 
-from deepcoder_core import hookimpl
-from deepcoder_core.protocols import Observation
-from deepcoder_core.sandbox import Limits, SandboxError, SandboxPool, SandboxRequest, get_pool
+from deepcoder_core import (
+    Limits,
+    Observation,
+    SandboxError,
+    SandboxPool,
+    SandboxRequest,
+    get_pool,
+    hookimpl,
+)
 
 RUNNER = "deepcoder_python_executor.restricted:run_cell"
 _ALLOWED = (

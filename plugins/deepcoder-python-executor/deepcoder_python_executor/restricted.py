@@ -61,7 +61,7 @@ from RestrictedPython.Guards import (
 from RestrictedPython.PrintCollector import PrintCollector
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
-from deepcoder_core.sandbox import PURE_MODULES, register_source, short_traceback
+from deepcoder_core import PURE_MODULES, register_source, short_traceback
 
 FILENAME = "<python>"
 SANDBOX_MODULE = "__sandbox__"  # __module__ of every class and function the code defines
