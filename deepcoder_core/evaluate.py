@@ -944,7 +944,7 @@ def eval_command(
         --teacher-trajectories runs/a/trajectories.jsonl
     """
     from .cli import fail
-    from .config import ConfigError, load_config
+    from .config import ConfigError, apply_sandbox, load_config
     from .plugins import PluginError
     from .problems import ProblemError
 
@@ -955,6 +955,7 @@ def eval_command(
     flags = {"eval.samples": samples, "eval.k": k_values, "eval.temperature": temperature}
     try:
         config = load_config(config_path, overrides, flags=flags)
+        apply_sandbox(config)
         problems, suite_of = load_eval_problems(config, sources, split, limit)
         specs = model_specs(config, local, servers, teachers, thinking)
         report = evaluate(

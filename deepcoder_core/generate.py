@@ -418,7 +418,7 @@ def generate_command(
     import json
 
     from .cli import fail
-    from .config import load_config
+    from .config import apply_sandbox, load_config
     from .problems import ProblemError, resolve_problems
 
     try:
@@ -439,6 +439,7 @@ def generate_command(
         ):
             flags["teacher.options"] = {}
         config = load_config(config_path, overrides, flags=flags)
+        apply_sandbox(config)
         shard_spec = parse_shard(shard)
         gen = config.generation
         problems = [

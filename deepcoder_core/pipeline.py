@@ -15,6 +15,10 @@ Run directory layout::
 A stage's fingerprint hashes its config sections and its inputs' fingerprints; a stage is
 skipped when its fingerprint matches a completed entry in ``state.json`` and its output is
 there. Each stage resumes its own partial output, so a killed run picks up where it stopped.
+
+Before the first stage, every later one is checked to be able to run (a student, a
+tokenizer, the teacher signal the loss needs, problems, eval models), so a missing setting
+stops the run at once with what to set, not after hours of generation.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from typing import Any
 import click
 
 from .config import Config, ConfigError, snapshot
+from .errors import StageError
 from .io import atomic_write_json
 
 STAGES = ("generate", "process", "teacher-logits", "train", "eval", "report")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(StageError):
     """A stage cannot run with this configuration; the message says what to change."""
 
 
@@ -91,11 +96,34 @@ class RunContext:
             )
         return str(path)
 
-    def loss_needs_distribution(self) -> bool:
-        from .plugins import lookup
+    def check_student(self) -> None:
+        """Fail unless the train stage can get a student, and a tokenizer for a built one."""
+        student, teacher = self.config.student, self.config.teacher.name
+        if student.path:
+            return
+        local = self.teacher_model_path() is not None
+        if student.init.from_teacher:
+            if not local:
+                raise PipelineError(
+                    f"student.init.from_teacher prunes a local teacher, and teacher '{teacher}' "
+                    "is not one; set student.path to a causal-LM folder (or student.init.config "
+                    "and student.tokenizer for a small random student)"
+                )
+        elif student.init.config:
+            if student.tokenizer is None and not local:
+                raise PipelineError(
+                    "student.init.config builds a random student that borrows the teacher's "
+                    f"tokenizer, and teacher '{teacher}' has none to lend; set "
+                    "student.tokenizer (e.g. qwen3) or student.path"
+                )
+        else:
+            raise PipelineError(
+                "no student to train: set student.path to a causal-LM folder, or "
+                "student.init.from_teacher.layers (with an hf teacher) or student.init.config"
+            )
 
-        entry = lookup("loss", self.config.loss.name)
-        loss = entry.build(**self.config.loss.options)
+    def loss_needs_distribution(self) -> bool:
+        loss = _build("loss", self.config.loss.name, self.config.loss.options)
         return "labels" not in tuple(getattr(loss, "signals", ("distribution",)))
 
     def problems(self, section: str):
@@ -112,6 +140,19 @@ class RunContext:
         else:
             problems = bundled_problems(cfg.split)
         return problems[: cfg.limit] if cfg.limit is not None else problems
+
+
+def _build(kind: str, name: str, options: dict[str, Any]) -> Any:
+    """A component built from its config options; options it rejects are a PipelineError."""
+    from .plugins import PluginError, lookup
+
+    entry = lookup(kind, name)
+    try:
+        return entry.build(**options)  # factories are cheap: models load on first use
+    except PluginError:
+        raise
+    except Exception as exc:  # e.g. a missing API key, an option out of range: one line
+        raise PipelineError(f"{kind} '{entry.name}' (plugin {entry.plugin}): {exc}") from None
 
 
 def _problems_fingerprint(problems) -> str:
@@ -143,27 +184,67 @@ def _generate(ctx: RunContext) -> dict[str, Any]:
 def _process(ctx: RunContext) -> dict[str, Any]:
     from .process import process
 
-    return process(
+    summary = process(
         ctx.config,
         trajectories=ctx.out / "trajectories.jsonl",
         out=ctx.out / "dataset",
         tokenizer=ctx.tokenizer_path(),
+    )
+    if not summary["examples"]:
+        raise PipelineError(_empty_dataset(ctx, summary))
+    return summary
+
+
+# What would keep the records processing dropped, by the reason its summary counts them under.
+_KEEP_WITH = {
+    "unsuccessful": "set processing.successful_only: false",
+    "too_short": "lower processing.min_tokens",
+    "too_long": "set processing.overflow: truncate or split, or raise processing.max_length",
+    "low_reasoning_ratio": "lower processing.min_reasoning_ratio",
+    "low_action_ratio": "lower processing.min_action_ratio",
+    "no_labeled_tokens": "set another processing.detector or processing.format",
+    "duplicate": "set processing.dedup: false",
+    "bad input": "fix the bad input lines listed in the summary",
+}
+
+
+def _empty_dataset(ctx: RunContext, summary: dict[str, Any]) -> str:
+    """Why processing kept nothing, counted by reason, and the settings that would keep more."""
+    counts = dict(summary.get("drops", {}))
+    if summary.get("bad_input", {}).get("count"):
+        counts["bad input"] = summary["bad_input"]["count"]
+    dropped = ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
+    advice = "; ".join(_KEEP_WITH[reason] for reason in counts if reason in _KEEP_WITH)
+    return (
+        f"processing kept no example of the {summary['records']['read']} trajectories read "
+        f"(dropped: {dropped}), so there is nothing to train on"
+        + (f"; to keep them, {advice}" if advice else "")
+        + f" (see {ctx.out / 'dataset' / 'summary.json'})"
     )
 
 
 def _logits_enabled(ctx: RunContext) -> bool:
     from .plugins import lookup
 
+    cfg = ctx.config
     needs = ctx.loss_needs_distribution()
-    entry = lookup("teacher", ctx.config.teacher.name)
+    entry = lookup("teacher", cfg.teacher.name)
     white_box = callable(getattr(entry.factory, "score", None))
     if needs and not white_box:
         raise PipelineError(
-            f"loss '{ctx.config.loss.name}' needs the teacher's distribution, but teacher "
-            f"'{ctx.config.teacher.name}' gives text only; use a labels loss (--loss ce) or a "
+            f"loss '{cfg.loss.name}' needs the teacher's distribution, but teacher "
+            f"'{cfg.teacher.name}' gives text only; use a labels loss (--loss ce) or a "
             "white-box teacher (hf, or openai against an SGLang server)"
         )
-    return needs and ctx.config.teacher_logits.enabled
+    # Without the cache, training runs the teacher itself: it must be a model in this process.
+    in_process = cfg.teacher.name == "hf" or hasattr(entry.factory, "hf_model")
+    if needs and not cfg.teacher_logits.enabled and not in_process:
+        raise PipelineError(
+            f"loss '{cfg.loss.name}' needs the teacher's distribution and teacher_logits.enabled "
+            f"is false, so training would run teacher '{cfg.teacher.name}' itself, which only "
+            "scores on its server; set teacher_logits.enabled: true to cache its top-k first"
+        )
+    return needs and cfg.teacher_logits.enabled
 
 
 def _teacher_logits(ctx: RunContext) -> dict[str, Any]:
@@ -206,6 +287,9 @@ def _train(ctx: RunContext) -> dict[str, Any]:
     )
 
 
+EVAL_MODELS = ("teacher", "baseline", "student")
+
+
 def _eval(ctx: RunContext) -> dict[str, Any]:
     from .evaluate import evaluate
 
@@ -222,14 +306,10 @@ def _eval(ctx: RunContext) -> dict[str, Any]:
             "options": {**local, "model": str(ctx.out / "train" / "student")},
         },
     }
-    unknown = [m for m in cfg.eval.models if m not in available]
-    if unknown:
-        raise PipelineError(f"eval.models: unknown {unknown}; choose from {list(available)}")
-    problems = ctx.problems("eval")
     return evaluate(
         cfg,
         models={name: available[name] for name in cfg.eval.models},
-        problems=problems,
+        problems=ctx.problems("eval"),
         out=ctx.out / "eval",
         teacher_trajectories=ctx.out / "trajectories.jsonl",
     )
@@ -271,13 +351,10 @@ def run_pipeline(config: Config, out: Path, force: tuple[str, ...] = ()) -> dict
     unknown = [f for f in force if f not in STAGES]
     if unknown:
         raise PipelineError(f"--force {unknown[0]}: unknown stage; stages: {', '.join(STAGES)}")
+    ctx = RunContext(config, out)
+    _check_stages(ctx)  # before anything is written: a refused run leaves no run directory
     out.mkdir(parents=True, exist_ok=True)
     snapshot(config, out / "config.yaml")
-    ctx = RunContext(config, out)
-    # Fail now, not after hours of generation: a missing tokenizer, a loss the teacher cannot feed.
-    ctx.tokenizer_path()
-    for stage in PIPELINE:
-        stage.enabled(ctx)
     upstream: list[str] = []
     total = len(PIPELINE)
     for index, stage in enumerate(PIPELINE, start=1):
@@ -318,6 +395,44 @@ def run_pipeline(config: Config, out: Path, force: tuple[str, ...] = ()) -> dict
     return ctx.state
 
 
+def _check_stages(ctx: RunContext) -> None:
+    """Fail now, not after hours of generation, when a later stage could not run."""
+    from .problems import ProblemError
+    from .process import OVERFLOW
+    from .spans import FORMATS
+
+    ctx.tokenizer_path()
+    ctx.check_student()
+    # process checks these too, but only once generation is done
+    processing = ctx.config.processing
+    if processing.overflow not in OVERFLOW:
+        raise PipelineError(
+            f"processing.overflow {processing.overflow!r}: expected one of {', '.join(OVERFLOW)}"
+        )
+    if processing.format not in ("auto", *FORMATS):
+        raise PipelineError(
+            f"processing.format {processing.format!r}: expected auto or one of {', '.join(FORMATS)}"
+        )
+    for stage in PIPELINE:
+        stage.enabled(ctx)  # the loss's teacher signal
+    if not ctx.config.eval.models:
+        raise PipelineError(f"eval.models: empty; list some of {', '.join(EVAL_MODELS)}")
+    unknown = [m for m in ctx.config.eval.models if m not in EVAL_MODELS]
+    if unknown:
+        raise PipelineError(f"eval.models: unknown {unknown}; choose from {list(EVAL_MODELS)}")
+    for section in ("generation", "eval"):
+        try:
+            problems = ctx.problems(section)
+        except ProblemError as exc:
+            raise PipelineError(f"{section}.problems: {exc}") from None
+        if not problems:
+            cfg = getattr(ctx.config, section)
+            raise PipelineError(
+                f"no problems for {section} in {cfg.problems or 'the bundled set'} "
+                f"with {section}.split={cfg.split!r}; check {section}.problems and the split"
+            )
+
+
 def _discard(path: Path) -> None:
     import shutil
 
@@ -342,7 +457,7 @@ def _discard(path: Path) -> None:
 def run_command(config_path, teacher, loss, weighting, student, out, overrides, force) -> None:
     """Run the whole pipeline: generate, process, teacher-logits, train, eval, report."""
     from .cli import fail
-    from .config import load_config
+    from .config import apply_sandbox, load_config
     from .plugins import PluginError
 
     try:
@@ -357,6 +472,7 @@ def run_command(config_path, teacher, loss, weighting, student, out, overrides, 
                 "paths.out": out,
             },
         )
+        apply_sandbox(config)
         _preflight(config)
         run_pipeline(config, Path(config.paths.out), tuple(force))
     except (ConfigError, PluginError, PipelineError) as exc:
@@ -366,16 +482,10 @@ def run_command(config_path, teacher, loss, weighting, student, out, overrides, 
 
 def _preflight(config: Config) -> None:
     """Build the cheap components first, so a typo or a missing key fails before hours of work."""
-    from .plugins import PluginError, lookup
+    from .plugins import lookup
 
     lookup("loss", config.loss.name)
-    lookup("weighting", config.weighting.name)
+    _build("weighting", config.weighting.name, config.weighting.options)
     for tool in config.tools.enabled:
         lookup("tool", tool)
-    entry = lookup("teacher", config.teacher.name)
-    try:
-        entry.build(**config.teacher.options)  # factories are cheap: models load on first use
-    except PluginError:
-        raise
-    except Exception as exc:  # e.g. a missing API key: say so in one line, no traceback
-        raise PipelineError(f"teacher '{entry.name}' (plugin {entry.plugin}): {exc}") from None
+    _build("teacher", config.teacher.name, config.teacher.options)

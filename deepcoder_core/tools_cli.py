@@ -8,6 +8,7 @@ tool, and a script can probe one, without an agent.
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
@@ -50,13 +51,37 @@ def list_command(as_json: bool) -> None:
 def _parse_options(pairs: tuple[str, ...]) -> dict:
     import yaml
 
+    from .config import ConfigError, load_yaml
+
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             fail(f"--option {pair!r}: expected KEY=VALUE, e.g. --option memory_mb=256")
-        options[key] = yaml.safe_load(value)
+        try:
+            options[key] = load_yaml(value, f"--option {key}")
+        except yaml.YAMLError as exc:
+            fail(f"--option {key}: value is not valid YAML: {getattr(exc, 'problem', exc)}")
+        except ConfigError as exc:
+            fail(str(exc))
     return options
+
+
+def _read_input(path: str) -> str:
+    """The tool input from a file or ('-') standard input, as text; bad input fails in one line."""
+    name = "standard input" if path == "-" else path
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+    except OSError as exc:
+        fail(f"cannot read tool input {name}: {exc.strerror or exc}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"{name}: invalid UTF-8 at byte {exc.start} ({exc.reason}); give UTF-8 text")
 
 
 @tools_group.command("run")
@@ -83,19 +108,20 @@ def run_command(
         fail(f"unexpected argument {source!r}: give the input with --input FILE, or - for stdin")
     if (source is None) == (input_file is None):
         fail("give exactly one input: --input FILE, or - to read standard input")
-    path = input_file if input_file is not None else "-"
-    try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
-    except OSError as exc:
-        fail(f"cannot read tool input {path}: {exc.strerror}")
+    # NaN, infinity or <= 0 cannot bound a call: say so before any tool is built.
+    if not (math.isfinite(timeout) and timeout > 0):
+        fail(f"--timeout {timeout:g}: must be a finite number of seconds > 0, e.g. --timeout 10")
+    text = _read_input(input_file if input_file is not None else "-")
     options = {}
     if config_path:
-        from .config import ConfigError, load_config
+        from .config import ConfigError, apply_sandbox, load_config
 
         try:
-            options.update(load_config(config_path).tools.options.get(name, {}))
+            config = load_config(config_path)
         except ConfigError as exc:
             fail(str(exc))
+        apply_sandbox(config)
+        options.update(config.tools.options.get(name, {}))
     options.update(_parse_options(pairs))
     try:
         tool = get_plugin_manager().build("tool", name, **options)

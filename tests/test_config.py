@@ -1,7 +1,12 @@
+import dataclasses
+import types
+import typing
+from typing import Annotated
+
 import pytest
 import yaml
 
-from deepcoder_core.config import ConfigError, load_config, snapshot
+from deepcoder_core.config import Config, ConfigError, Range, load_config, snapshot
 
 REPO_CONFIG = "configs/config.yaml"
 
@@ -80,3 +85,65 @@ def test_repository_config_is_valid_and_complete():
 def test_ready_made_configs_validate(path):
     config = load_config(path, environ={})
     assert config.paths.out.startswith("runs/")
+
+
+def _unwrap(hint):
+    """The type of one value: ``Count | None`` -> ``Count``, ``list[Count]`` -> ``Count``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType, list):
+        return _unwrap(args[0])
+    return hint
+
+
+def _numeric_fields(cls=Config, prefix=""):
+    """(dotted key, hint) of every int and float field of every section, nested ones too."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        hint = _unwrap(hints[f.name])
+        if dataclasses.is_dataclass(hint):
+            yield from _numeric_fields(hint, f"{prefix}{f.name}.")
+        elif _base(hint) in (int, float):
+            yield f"{prefix}{f.name}", hint
+
+
+def _base(hint):
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+
+
+def test_every_numeric_field_has_a_range():
+    fields = dict(_numeric_fields())
+    assert {"loss.temperature", "training.max_steps", "student.lora.r", "eval.k"} <= set(fields)
+    unchecked = [
+        key
+        for key, hint in fields.items()
+        if typing.get_origin(hint) is not Annotated
+        or not any(isinstance(extra, Range) for extra in typing.get_args(hint)[1:])
+    ]
+    assert not unchecked, f"numeric fields without a Range: {unchecked}"
+
+
+def test_every_default_lies_in_its_range():
+    # The defaults never go through the checks when a file leaves them out: build them explicitly.
+    defaults = dataclasses.asdict(Config())
+    assert load_config(None, [f"{k}={v}" for k, v in _flat(defaults)], environ={}) == Config()
+
+
+def _flat(data, prefix=""):
+    """``key.path, YAML value`` of every leaf, as --set gives it (free-form mappings left out)."""
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("options", "init", "detector_options"):
+            yield from _flat(value, f"{prefix}{key}.")
+        elif not isinstance(value, dict):
+            yield f"{prefix}{key}", yaml.safe_dump(value, default_flow_style=True).strip()
+
+
+def test_sandbox_section_defaults_and_choices_match_the_sandbox():
+    from deepcoder_core import sandbox
+    from deepcoder_core.config import ISOLATION_LEVELS
+
+    config = load_config(REPO_CONFIG, environ={})
+    assert (config.sandbox.isolation, config.sandbox.scratch_mb) == ("namespaces", 64)
+    assert ISOLATION_LEVELS == sandbox.ISOLATION_LEVELS
+    assert load_config(None, ["sandbox.isolation=rlimits"], environ={}).sandbox.isolation == (
+        "rlimits"
+    )

@@ -16,6 +16,8 @@ from deepcoder_core import models
 from deepcoder_core.cli import cli
 from deepcoder_core.problems import bundled_problems
 
+from .trajectory_factory import trajectory, write_jsonl
+
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
@@ -167,3 +169,128 @@ def test_unknown_loss_suggests():
     result = CliRunner().invoke(cli, ["run", "--loss", "fcoal"])
     assert result.exit_code != 0
     assert "unknown loss 'fcoal'; did you mean 'focal'?" in result.output
+
+
+# ---------------------------------------------------------------------------- fail early
+
+
+@pytest.fixture
+def recording(tmp_path):
+    """A trajectories file the replay teacher can be built from."""
+    path = tmp_path / "recorded.jsonl"
+    write_jsonl(path, [trajectory(i) for i in range(2)])
+    return path
+
+
+def _fails_before_generation(out: Path, *args: str, message: str) -> str:
+    result = CliRunner().invoke(cli, ["run", "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and message in result.output, result.output
+    assert not out.exists()  # stopped before generating, or writing, anything
+    return result.output
+
+
+def test_replay_teacher_without_student_stops_before_generation(tmp_path, recording):
+    # Before: generation and processing ran, then train died with a traceback.
+    replay = ["--teacher", "replay", "--loss", "ce"]
+    replay += ["--set", f"teacher.options.trajectories={recording}"]
+    replay += ["--set", "processing.tokenizer=qwen3"]
+    _fails_before_generation(
+        tmp_path / "a", *replay, message="no student to train: set student.path"
+    )
+    pruned = ["--set", "student.init.from_teacher={layers: [0]}"]
+    _fails_before_generation(
+        tmp_path / "b", *replay, *pruned, message="teacher 'replay' is not one; set student.path"
+    )
+    random_student = ["--set", "student.init.config={model_type: qwen3}"]
+    _fails_before_generation(
+        tmp_path / "c", *replay, *random_student, message="set student.tokenizer (e.g. qwen3)"
+    )
+
+
+def test_remote_teacher_without_student_or_cache_stops_before_generation(tmp_path):
+    remote = ["--teacher", "openai", "--set", "student.tokenizer=qwen3"]
+    _fails_before_generation(tmp_path / "a", *remote, "--loss", "ce", message="no student to train")
+    remote += ["--student", str(tmp_path / "student")]
+    _fails_before_generation(
+        tmp_path / "b",
+        *remote,
+        "--loss",
+        "kl",
+        "--set",
+        "teacher_logits.enabled=false",
+        message="set teacher_logits.enabled: true",
+    )
+
+
+def test_bad_weighting_options_and_eval_settings_stop_before_generation(tmp_path, tiny_setup):
+    _, config_path = tiny_setup
+    base = ["--config", str(config_path)]
+    _fails_before_generation(
+        tmp_path / "a",
+        *base,
+        "--weighting",
+        "curriculum",
+        "--set",
+        "weighting.options={schedule: wobbly}",
+        message="weighting 'curriculum'",
+    )
+    _fails_before_generation(
+        tmp_path / "b", *base, "--set", "eval.models=[teacher, studnet]", message="eval.models"
+    )
+    for key in ("overflow", "format"):
+        _fails_before_generation(
+            tmp_path / key, *base, "--set", f"processing.{key}=cut", message=f"processing.{key}"
+        )
+    _fails_before_generation(
+        tmp_path / "c",
+        *base,
+        "--set",
+        f"eval.problems={tmp_path / 'missing.jsonl'}",
+        message="eval.problems",
+    )
+
+
+def test_processing_that_keeps_nothing_stops_after_process(tiny_setup):
+    # The tiny random teacher never solves a problem: successful_only drops every trajectory.
+    root, config_path = tiny_setup
+    out = root / "kept-nothing"
+    result = CliRunner().invoke(
+        cli,
+        ["run", "--config", str(config_path), "--out", str(out)]
+        + ["--set", "processing.successful_only=true", "--set", "generation.limit=1"]
+        + ["--set", "agent.max_steps=1", "--set", "agent.max_new_tokens=8"],
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("Error: processing kept no example of the 1 trajectories read")
+    assert "(dropped: unsuccessful 1)" in message
+    assert "set processing.successful_only: false" in message
+    state = json.loads((out / "state.json").read_text())["stages"]
+    assert state["generate"]["status"] == "done"
+    assert state["process"]["status"] == "running"  # not done: a re-run does it again
+    assert "train" not in state and not (out / "train").exists()
+
+
+def test_sandbox_section_reaches_the_sandbox_in_commands_that_run_code(tmp_path, monkeypatch):
+    import deepcoder_core.sandbox
+
+    calls = []
+    monkeypatch.setattr(deepcoder_core.sandbox, "configure", lambda **kw: calls.append(kw))
+    path = tmp_path / "c.yaml"
+    path.write_text("sandbox:\n  isolation: rlimits\n  scratch_mb: 16\n")
+    expected = {"isolation": "rlimits", "scratch_mb": 16}
+    missing = str(tmp_path / "missing.jsonl")
+    commands = {
+        # each stops right after its config is loaded and applied
+        "run": ["run", "--loss", "fcoal"],
+        "generate": ["generate", "--problems", missing, "--out", str(tmp_path / "t.jsonl")],
+        "eval": ["eval", "--teacher", "hf", "--problems", missing],
+        "tools run": ["tools", "run", "nosuchtool", "-"],
+    }
+    for name, args in commands.items():
+        calls.clear()
+        result = CliRunner().invoke(cli, [*args, "--config", str(path)], input="1")
+        assert result.exit_code == 2 and "Traceback" not in result.output, (name, result.output)
+        assert calls == [expected], name

@@ -19,6 +19,10 @@ What a run leaves in ``out/``: ``config.yaml`` (snapshot), ``metrics.jsonl`` (on
 logged step: loss, per-span losses and top-1 agreement, tokens/s, learning rate, grad
 norm, MoE expert load), ``plots/*.png``, ``tensorboard/``, ``checkpoints/``, ``student/``
 (the model, or only the LoRA adapters) and ``summary.json``.
+
+Each checkpoint also holds ``deepcoder_state.json``: the running per-span losses and the
+state of the loss and the weighting (:func:`component_state`), as JSON, so resuming never
+runs code from a checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import pickle
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -50,13 +53,93 @@ from .teacher_logits import (
 
 SPAN_NAMES = {int(t): t.name.lower() for t in SpanType}
 DIFFICULTY = {"easy": 0, "medium": 1, "hard": 2}
-STATE_FILE = "deepcoder_state.json"
-WEIGHTING_FILE = "weighting_state.pkl"  # a stateful weighting's attributes (running averages)
+STATE_FILE = "deepcoder_state.json"  # running span losses; the loss's and weighting's state
 EMA_DECAY = 0.9  # running per-span loss: ema = 0.9 * ema + 0.1 * this step's mean
 
 
 class TrainError(ValueError):
     """A training setup problem the user can fix (signal, vocabulary, paths)."""
+
+
+# ---------------------------------------------------------------------------- checkpoint state
+
+
+class _NotData(Exception):
+    """A value a checkpoint cannot hold as data (a function, a model, an open file)."""
+
+
+def encode_state(value: Any) -> Any:
+    """Plain data and tensors as JSON, keeping what JSON would lose (int keys, tuples, dtypes)."""
+    import torch
+
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list):
+        return [encode_state(v) for v in value]
+    if isinstance(value, tuple):
+        return {"tuple": [encode_state(v) for v in value]}
+    if isinstance(value, dict):
+        return {"dict": [[encode_state(k), encode_state(v)] for k, v in value.items()]}
+    if isinstance(value, torch.Tensor):
+        return {
+            "tensor": value.detach().cpu().tolist(),
+            "dtype": str(value.dtype).removeprefix("torch."),
+            "shape": list(value.shape),
+        }
+    raise _NotData(type(value).__name__)
+
+
+def decode_state(data: Any) -> Any:
+    """The inverse of :func:`encode_state`; builds data and tensors only."""
+    import torch
+
+    if isinstance(data, list):
+        return [decode_state(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "tuple" in data:
+        return tuple(decode_state(v) for v in data["tuple"])
+    if "dict" in data:
+        return {decode_state(k): decode_state(v) for k, v in data["dict"]}
+    dtype = getattr(torch, str(data.get("dtype")), None)
+    if not isinstance(dtype, torch.dtype):
+        raise TrainError(f"checkpoint state: {data.get('dtype')!r} is not a torch dtype")
+    return torch.tensor(data["tensor"], dtype=dtype).reshape(data["shape"])
+
+
+def component_state(component: Any) -> dict[str, Any]:
+    """What a loss or a weighting carries from step to step, encoded for a checkpoint.
+
+    A component with ``state_dict()`` and ``load_state_dict(state)`` gives its own (numbers,
+    strings, lists, dicts, tensors). Otherwise its attributes that are such data are kept;
+    the others (functions, nested components) come from its options again on resume.
+    """
+    if callable(getattr(component, "state_dict", None)) and callable(
+        getattr(component, "load_state_dict", None)
+    ):
+        try:
+            return {"state_dict": encode_state(component.state_dict())}
+        except _NotData as exc:
+            raise TrainError(
+                f"{type(component).__name__}.state_dict() holds a {exc}, which a checkpoint "
+                "cannot store; return numbers, strings, lists, dicts and tensors only"
+            ) from None
+    attributes = {}
+    for name, value in getattr(component, "__dict__", {}).items():
+        try:
+            attributes[name] = encode_state(value)
+        except _NotData:
+            continue  # rebuilt from the options
+    return {"attributes": attributes}
+
+
+def restore_component(component: Any, saved: dict[str, Any]) -> None:
+    """Put a state from :func:`component_state` back into a freshly built component."""
+    if "state_dict" in saved:
+        component.load_state_dict(decode_state(saved["state_dict"]))
+        return
+    for name, value in saved.get("attributes", {}).items():
+        setattr(component, name, decode_state(value))
 
 
 # ---------------------------------------------------------------------------- data
@@ -582,11 +665,13 @@ def _trainer_classes() -> tuple[type, type, type]:
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                ema = {str(k): v for k, v in self.trainer.setup.state.span_loss_ema.items()}
-                atomic_write_json(folder / STATE_FILE, {"span_loss_ema": ema})
-                # Weightings keep plain attributes (e.g. per-span running losses); resume restores them.
-                with open(folder / WEIGHTING_FILE, "wb") as handle:
-                    pickle.dump(vars(self.trainer.setup.weighting), handle)
+                setup = self.trainer.setup
+                saved = {
+                    "span_loss_ema": {str(k): v for k, v in setup.state.span_loss_ema.items()},
+                    "weighting": component_state(setup.weighting),
+                    "loss": component_state(setup.loss_fn),
+                }
+                atomic_write_json(folder / STATE_FILE, saved)
 
     class MetricsCallback(ProgressCallback):
         """Progress bar with loss, per-span losses and tokens/s; one JSONL line per logged step."""
@@ -819,13 +904,16 @@ def train(
         if base is not None:
             model.peft_config["default"].base_model_name_or_path = base
     ce_fn = build("loss", "ce") if config.loss.ce_weight > 0 else None
+    for component in (loss_fn, weighting):
+        component_state(component)  # a state no checkpoint can hold fails now, not at a save
     state = TrainingState(total_steps=config.training.max_steps)
     if checkpoint is not None and (checkpoint / STATE_FILE).exists():
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         state.span_loss_ema = {int(k): v for k, v in saved["span_loss_ema"].items()}
-    if checkpoint is not None and (checkpoint / WEIGHTING_FILE).exists():
-        with open(checkpoint / WEIGHTING_FILE, "rb") as handle:
-            vars(weighting).update(pickle.load(handle))  # our own checkpoint, not user input
+        # Checkpoints from before the loss and weighting were saved here have only the EMA.
+        for key, component in (("weighting", weighting), ("loss", loss_fn)):
+            if key in saved:
+                restore_component(component, saved[key])
     setup = Setup(
         config=config,
         loss_fn=loss_fn,
