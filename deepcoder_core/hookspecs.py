@@ -1,9 +1,13 @@
 """Every hook a deepcoder plugin can implement.
 
 All component hooks take the register-callback form: the core hands the plugin a
-``register(name, factory, **meta)`` function and the plugin calls it once per component.
-``factory(**options)`` builds the component from the options of its config section; it is
-called only when the component is used, so heavy imports belong inside it.
+``register(name, factory, *, description=None)`` function and the plugin calls it once per
+component (``description`` defaults to the first line of the factory's docstring; nothing
+else is accepted: what a component can do is declared by its attributes, see
+``protocols.py``). ``factory(**options)`` builds the component from the options of its
+config section; it is called only when the component is used, so heavy imports belong
+inside it. A hook that raises is recorded as its plugin's error (``deepcoder plugins``) and
+its components are skipped; two plugins registering one name is an error naming both.
 """
 
 import pluggy
@@ -15,9 +19,9 @@ hookspec = pluggy.HookspecMarker("deepcoder")
 def register_teachers(register):
     """Register teacher models (the LLMs that solve problems as ReAct agents).
 
-    :param register: ``register(name, factory, **meta)``. ``factory(**options)`` returns an
-        object following :class:`deepcoder_core.protocols.Teacher`. ``meta`` may carry
-        ``description`` and ``white_box`` (True when the teacher implements ``score``).
+    :param register: ``register(name, factory, description=None)``. ``factory(**options)``
+        returns an object following :class:`deepcoder_core.protocols.Teacher` (its optional
+        members, e.g. ``score`` for white-box teachers, are listed there).
     """
 
 
@@ -25,7 +29,7 @@ def register_teachers(register):
 def register_tools(register):
     """Register tools the agent can call (Action: name / Action Input: ...).
 
-    :param register: ``register(name, factory, **meta)``. ``factory(**options)`` returns an
+    :param register: ``register(name, factory, description=None)``. ``factory(**options)`` returns an
         object following :class:`deepcoder_core.protocols.Tool`.
     """
 
@@ -34,7 +38,7 @@ def register_tools(register):
 def register_span_detectors(register):
     """Register span detectors that cut trajectory text into reasoning/action/observation/answer.
 
-    :param register: ``register(name, factory, **meta)``. ``factory(**options)`` returns an
+    :param register: ``register(name, factory, description=None)``. ``factory(**options)`` returns an
         object following :class:`deepcoder_core.protocols.SpanDetector`.
     """
 
@@ -43,7 +47,7 @@ def register_span_detectors(register):
 def register_losses(register):
     """Register per-token distillation divergences.
 
-    :param register: ``register(name, factory, **meta)``. ``factory(**options)`` returns an
+    :param register: ``register(name, factory, description=None)``. ``factory(**options)`` returns an
         object following :class:`deepcoder_core.protocols.Loss`; the core engine does the
         chunking, temperature, masking, weighting and reduction around it.
     """
@@ -53,7 +57,7 @@ def register_losses(register):
 def register_weightings(register):
     """Register weighting strategies that turn span types and training state into token weights.
 
-    :param register: ``register(name, factory, **meta)``. ``factory(**options)`` returns an
+    :param register: ``register(name, factory, description=None)``. ``factory(**options)`` returns an
         object following :class:`deepcoder_core.protocols.Weighting`.
     """
 

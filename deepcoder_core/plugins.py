@@ -78,6 +78,7 @@ class PluginInfo:
     entry_point: str
     builtin: bool
     error: str | None = None
+    traceback: str | None = None  # of ``error``, for `deepcoder plugins --json`
     module: Any = None
     hooks: list[str] = field(default_factory=list)
 
@@ -92,7 +93,6 @@ class Entry:
     plugin: str
     version: str
     description: str
-    meta: dict[str, Any] = field(default_factory=dict)
 
     def build(self, **options: Any) -> Any:
         """Call the factory; bad options become a PluginError naming the plugin."""
@@ -184,27 +184,62 @@ class PluginManager:
             plugin_name = impl.plugin_name
             info = self.plugins.get(plugin_name)
 
-            def register(name: str, factory: Callable[..., Any], _p=plugin_name, _i=info, **meta):
-                if name in entries:
+            given: dict[str, Entry] = {}
+
+            def register(
+                name: str,
+                factory: Callable[..., Any],
+                _p: str = plugin_name,
+                _i: PluginInfo | None = info,
+                _given: dict[str, Entry] = given,
+                *,
+                description: str | None = None,
+                **unknown: Any,
+            ) -> None:
+                if unknown:  # capabilities are attributes of the component (protocols.py)
+                    raise PluginError(
+                        f"plugin {_p}: register({name!r}, ...) got {', '.join(sorted(unknown))}; "
+                        "only description= is read: declare capabilities as attributes of the "
+                        "component (see deepcoder_core/protocols.py)"
+                    )
+                if name in entries or name in _given:
+                    first = (entries.get(name) or _given[name]).plugin
                     raise PluginError(
                         f"{kind} '{name}' is registered by two plugins: "
-                        f"{entries[name].plugin} and {_p}; uninstall or disable one "
+                        f"{first} and {_p}; uninstall or disable one "
                         f"(DEEPCODER_DISABLE_PLUGINS={_p})"
                     )
-                description = meta.pop("description", None) or _first_line(factory.__doc__)
-                entries[name] = Entry(
+                _given[name] = Entry(
                     kind=kind,
                     name=name,
                     factory=factory,
                     plugin=_p,
                     version=_i.version if _i else "local",
-                    description=description,
-                    meta=meta,
+                    description=description or _first_line(factory.__doc__),
                 )
 
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except PluginError as exc:
+                if "registered by two plugins" in str(exc):
+                    raise
+                self._hook_failed(plugin_name, info, exc)
+                continue
+            except Exception as exc:  # third-party code: record it, skip its components
+                self._hook_failed(plugin_name, info, exc)
+                continue
+            entries.update(given)
         self._registries[kind] = dict(sorted(entries.items()))
         return self._registries[kind]
+
+    def _hook_failed(self, plugin_name: str, info: PluginInfo | None, exc: Exception) -> None:
+        if info is None:
+            info = self.plugins.setdefault(
+                plugin_name,
+                PluginInfo(name=plugin_name, version="local", entry_point="", builtin=False),
+            )
+        info.error = f"{type(exc).__name__}: {exc}"
+        info.traceback = traceback.format_exc()
 
     def lookup(self, kind: str, name: str) -> Entry:
         """The entry for ``name``, or a one-line error with a suggestion and the choices."""

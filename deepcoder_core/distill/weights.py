@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from deepcoder_core.protocols import SpanType
+from deepcoder_core.protocols import SPAN_NAMES
 
-SPAN_NAMES = {int(t): t.name.lower() for t in SpanType}
 DEFAULT_SPAN_WEIGHTS = {0: 0.0, 1: 1.0, 2: 1.0, 3: 0.0, 4: 1.0}
 
 

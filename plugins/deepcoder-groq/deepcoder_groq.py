@@ -154,4 +154,4 @@ class GroqTeacher:
 
 @hookimpl
 def register_teachers(register):
-    register("groq", GroqTeacher, remote=True)
+    register("groq", GroqTeacher)

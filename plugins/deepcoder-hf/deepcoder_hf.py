@@ -426,4 +426,4 @@ def _eos_ids(model: Any) -> list[int]:
 
 @hookimpl
 def register_teachers(register):
-    register("hf", HFTeacher, local=True)
+    register("hf", HFTeacher)

@@ -18,7 +18,7 @@ class Adaptive:
     signals = ("distribution",)
 
     def __init__(self, t_min: float = 1.0, t_max: float = 4.0, base: str = "kl", **base_options):
-        from deepcoder_core.plugins import build
+        from deepcoder_core import build
 
         if not 0 < t_min <= t_max:
             raise ValueError(f"adaptive: need 0 < t_min <= t_max, got {t_min}, {t_max}")
@@ -38,4 +38,4 @@ class Adaptive:
 
 @hookimpl
 def register_losses(register):
-    register("adaptive", Adaptive, signals=Adaptive.signals)
+    register("adaptive", Adaptive)

@@ -18,7 +18,7 @@ class Focal:
     signals = ("distribution",)
 
     def __init__(self, gamma: float = 2.0, base: str = "kl", **base_options):
-        from deepcoder_core.plugins import build
+        from deepcoder_core import build
 
         self.gamma, self.base = float(gamma), build("loss", base, **base_options)
 
@@ -30,4 +30,4 @@ class Focal:
 
 @hookimpl
 def register_losses(register):
-    register("focal", Focal, signals=Focal.signals)
+    register("focal", Focal)

@@ -11,8 +11,7 @@ as in TRL's ``generalized_jsd_loss``. beta = 0.5 is the symmetric JSD.
 
 import math
 
-from deepcoder_core import hookimpl
-from deepcoder_core.distill.divergences import jsd_, kl_, reverse_kl_
+from deepcoder_core import hookimpl, jsd_, kl_, reverse_kl_
 
 
 class JSD:
@@ -47,4 +46,4 @@ class JSD:
 
 @hookimpl
 def register_losses(register):
-    register("jsd", JSD, signals=JSD.signals)
+    register("jsd", JSD)

@@ -6,8 +6,7 @@ Mode-seeking: the student puts its mass where the teacher is confident, which su
 students that cannot cover every teacher mode.
 """
 
-from deepcoder_core import hookimpl
-from deepcoder_core.distill.divergences import reverse_kl_
+from deepcoder_core import hookimpl, reverse_kl_
 
 
 class ReverseKL:
@@ -25,4 +24,4 @@ class ReverseKL:
 
 @hookimpl
 def register_losses(register):
-    register("reverse_kl", ReverseKL, signals=ReverseKL.signals)
+    register("reverse_kl", ReverseKL)

@@ -35,4 +35,4 @@ class SkewKL:
 
 @hookimpl
 def register_losses(register):
-    register("skew_kl", SkewKL, signals=SkewKL.signals)
+    register("skew_kl", SkewKL)

@@ -18,4 +18,4 @@ class SymmetricKL:
 
 @hookimpl
 def register_losses(register):
-    register("symmetric_kl", SymmetricKL, signals=SymmetricKL.signals)
+    register("symmetric_kl", SymmetricKL)

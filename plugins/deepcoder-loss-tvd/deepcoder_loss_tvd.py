@@ -19,4 +19,4 @@ class TVD:
 
 @hookimpl
 def register_losses(register):
-    register("tvd", TVD, signals=TVD.signals)
+    register("tvd", TVD)

@@ -30,4 +30,4 @@ class Wasserstein:
 
 @hookimpl
 def register_losses(register):
-    register("wasserstein", Wasserstein, signals=Wasserstein.signals, vocab_agnostic=True)
+    register("wasserstein", Wasserstein)

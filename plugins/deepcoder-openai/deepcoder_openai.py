@@ -243,4 +243,4 @@ class OpenAITeacher:
 
 @hookimpl
 def register_teachers(register):
-    register("openai", OpenAITeacher, remote=True)
+    register("openai", OpenAITeacher)

@@ -9,8 +9,7 @@ Before any step is observed the weights are the lambdas (state.span_loss_ema is 
 the trainer fills it instead).
 """
 
-from deepcoder_core import hookimpl
-from deepcoder_core.distill.weights import SPAN_NAMES, span_lambdas, span_weights
+from deepcoder_core import SPAN_NAMES, hookimpl, span_lambdas, span_weights
 
 
 class Adaptive:

@@ -5,8 +5,7 @@
 Structural spans (from the agent's own steps) have confidence 1; heuristic ones less.
 """
 
-from deepcoder_core import hookimpl
-from deepcoder_core.distill.weights import span_lambdas, span_weights
+from deepcoder_core import hookimpl, span_lambdas, span_weights
 
 
 class Confidence:

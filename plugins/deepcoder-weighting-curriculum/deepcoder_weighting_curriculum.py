@@ -10,8 +10,7 @@ al., 2025): complexity = a * reasoning tokens + b * action tokens + c * teacher 
 
 import math
 
-from deepcoder_core import hookimpl
-from deepcoder_core.distill.weights import span_lambdas, span_weights
+from deepcoder_core import hookimpl, span_lambdas, span_weights
 
 SCHEDULES = {
     "linear": lambda x: x,

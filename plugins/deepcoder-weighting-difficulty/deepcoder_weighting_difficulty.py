@@ -6,8 +6,7 @@
 2 hard); ``factors`` overrides by name.
 """
 
-from deepcoder_core import hookimpl
-from deepcoder_core.distill.weights import span_lambdas, span_weights
+from deepcoder_core import hookimpl, span_lambdas, span_weights
 
 LEVELS = ("easy", "medium", "hard")
 

@@ -9,8 +9,7 @@ prompt and observation 0); ``lambdas`` overrides any of them.
 
 from functools import partial
 
-from deepcoder_core import hookimpl
-from deepcoder_core.distill.weights import span_lambdas, span_weights
+from deepcoder_core import hookimpl, span_lambdas, span_weights
 
 PRESETS = {
     "reasoning_heavy": {"reasoning": 2.0, "action": 1.0, "answer": 1.0},

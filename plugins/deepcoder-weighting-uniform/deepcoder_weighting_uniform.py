@@ -5,8 +5,7 @@
 ``lambdas`` overrides per span type, e.g. ``{observation: 1.0}`` to also learn tool outputs.
 """
 
-from deepcoder_core import hookimpl
-from deepcoder_core.distill.weights import span_lambdas, span_weights
+from deepcoder_core import hookimpl, span_lambdas, span_weights
 
 
 class Uniform:
