@@ -256,8 +256,12 @@ def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
     label = kind.replace("_", " ")
     close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    choices = ", ".join(available) if available else "none installed"
-    return f"unknown {label} '{name}'{hint} available: {choices}"
+    if not available:
+        return (
+            f"unknown {label} '{name}': no {label} plugin is installed; the standard ones come "
+            "with `pip install 'deepcoder[standard]'` (in this repository: `make install`)"
+        )
+    return f"unknown {label} '{name}'{hint} available: {', '.join(available)}"
 
 
 def _first_line(doc: str | None) -> str:

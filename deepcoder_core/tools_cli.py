@@ -22,11 +22,21 @@ def tools_group() -> None:
 
 
 @tools_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def list_command(as_json: bool) -> None:
-    """Show every registered tool: name, plugin, description."""
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON: the sandbox level and the tools."
+)
+@click.option("--config", "config_path", help="Take the sandbox section from this config.")
+def list_command(as_json: bool, config_path: str | None) -> None:
+    """Show the sandbox isolation in force and every registered tool: name, plugin, description."""
     from .plugins import PluginError, get_plugin_manager
 
+    if config_path:
+        from .config import ConfigError, apply_sandbox, load_config
+
+        try:
+            apply_sandbox(load_config(config_path))
+        except ConfigError as exc:
+            fail(str(exc))
     try:
         registry = get_plugin_manager().registry("tool")
     except PluginError as exc:
@@ -39,13 +49,34 @@ def list_command(as_json: bool) -> None:
         }
         for entry in registry.values()
     ]
+    sandbox = _sandbox_level()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps({"sandbox": sandbox, "tools": rows}, indent=2))
         return
+    state = "ready" if sandbox["available"] else f"UNAVAILABLE: {sandbox['problem']}"
+    click.echo(f"sandbox isolation: {sandbox['isolation']} ({sandbox['layers']}; {state})\n")
     if not rows:
         click.echo("No tools installed (see `deepcoder plugins --all`).")
     for row in rows:
         click.echo(f"{row['name']}  ({row['plugin']})\n    {row['description']}")
+
+
+def _sandbox_level() -> dict:
+    """The isolation level untrusted code would run under now, and whether it can start."""
+    from .sandbox import isolation, isolation_level
+
+    level = isolation_level()
+    layers = {
+        "namespaces": "bubblewrap namespaces, read-only view, seccomp, rlimits, uid drop",
+        "rlimits": "rlimits, empty environment and uid drop only: weaker, no network isolation",
+    }[level]
+    problem = None
+    if level == "namespaces":
+        try:
+            isolation.probe()
+        except isolation.IsolationUnavailable as exc:
+            problem = str(exc)
+    return {"isolation": level, "layers": layers, "available": problem is None, "problem": problem}
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:

@@ -165,6 +165,52 @@ def test_bad_options_name_the_plugin():
         manager.build("tool", "t", colour="red")
 
 
+def test_a_hook_that_raises_is_its_plugins_error_and_the_others_still_load():
+    class Broken:
+        @hookimpl
+        def register_losses(self, register):
+            register("half", object)
+            raise RuntimeError("a bug in the plugin")
+
+    class Fine:
+        @hookimpl
+        def register_losses(self, register):
+            register("kl", object)
+
+    manager = PluginManager()
+    manager.add(Broken(), name="broken-losses")
+    manager.add(Fine(), name="fine-losses")
+    assert list(manager.registry("loss")) == ["kl"]  # none of the broken plugin's entries
+    info = manager.plugins["broken-losses"]
+    assert info.error == "RuntimeError: a bug in the plugin" and "Traceback" in info.traceback
+
+
+def test_registration_takes_a_description_and_nothing_else():
+    class Meta:
+        @hookimpl
+        def register_teachers(self, register):
+            register("t", object, remote=True)
+
+    class Described:
+        @hookimpl
+        def register_teachers(self, register):
+            register("d", object, description="a teacher")
+
+    manager = PluginManager()
+    manager.add(Meta(), name="meta-plugin")
+    manager.add(Described(), name="described")
+    assert list(manager.registry("teacher")) == ["d"]
+    assert manager.lookup("teacher", "d").description == "a teacher"
+    assert "only description= is read" in manager.plugins["meta-plugin"].error
+
+
+def test_no_plugin_of_a_kind_says_how_to_install_the_standard_set():
+    with pytest.raises(PluginError) as info:
+        PluginManager().lookup("teacher", "hf")
+    assert "no teacher plugin is installed" in str(info.value)
+    assert "deepcoder[standard]" in str(info.value)
+
+
 def _cli(*args, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(

@@ -160,9 +160,24 @@ def test_options_timeout_memory_and_output(pool):
 def test_cli_tools_list():
     result = CliRunner().invoke(cli, ["tools", "list", "--json"])
     assert result.exit_code == 0, result.output
-    rows = {row["name"]: row for row in json.loads(result.output)}
+    listing = json.loads(result.output)
+    rows = {row["name"]: row for row in listing["tools"]}
     assert rows["python"]["plugin"] == "deepcoder-python-executor"
     assert "REPL" in rows["python"]["description"]
+    assert listing["sandbox"]["isolation"] == "namespaces" and listing["sandbox"]["available"]
+
+
+def test_cli_tools_list_shows_the_level_from_the_config(tmp_path):
+    from deepcoder_core.sandbox import configure
+
+    config = tmp_path / "c.yaml"
+    config.write_text("sandbox:\n  isolation: rlimits\n")
+    try:
+        result = CliRunner().invoke(cli, ["tools", "list", "--config", str(config)])
+    finally:
+        configure(isolation="namespaces")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("sandbox isolation: rlimits (rlimits, empty environment")
 
 
 def test_cli_tools_run_from_stdin_and_file(tmp_path):
