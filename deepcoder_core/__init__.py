@@ -24,6 +24,8 @@ _API = {
     # every plugin: registration and its errors
     "PluginError": "deepcoder_core.plugins",
     "build": "deepcoder_core.plugins",  # a component of another plugin, by kind and name
+    "PluginManager": "deepcoder_core.plugins",  # tests: a manager holding only their plugin
+    "reset_plugin_manager": "deepcoder_core.plugins",
     "DeepcoderError": "deepcoder_core.errors",
     "RecordError": "deepcoder_core.errors",
     # component protocols and the records they exchange
