@@ -385,10 +385,11 @@ def _decode(
         tokens = _pick(logits, temperature, top_p)
         going, done = [], []
         for j, token in enumerate(tokens.tolist()):
-            if active[j] is None:
+            slot = active[j]
+            if slot is None:
                 done.append(j)
                 continue
-            row = out[active[j]]
+            row = out[slot]
             row.append(token)
             if token in ends or stopped(row):
                 active[j] = None

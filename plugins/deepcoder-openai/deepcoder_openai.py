@@ -203,7 +203,7 @@ class OpenAITeacher:
 
         def classify(exc: BaseException) -> TeacherError | None:
             if isinstance(exc, httpx.HTTPStatusError):
-                exc.status_code = exc.response.status_code  # the shape classify_http_error reads
+                exc.status_code = exc.response.status_code  # type: ignore[attr-defined]  # the shape classify_http_error reads
             return self._classify(exc)
 
         data = retry_call(

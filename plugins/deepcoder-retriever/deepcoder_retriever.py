@@ -87,7 +87,7 @@ def _render(obj: Any, name: str) -> str:
     import pydoc
 
     try:
-        return pydoc.plaintext.document(obj, name)
+        return pydoc.plaintext.document(obj, name)  # type: ignore[attr-defined]  # pydoc's text renderer, untyped
     except Exception:  # some C objects confuse pydoc: fall back to the docstring
         return f"{name}\n    {inspect.getdoc(obj) or ''}"
 

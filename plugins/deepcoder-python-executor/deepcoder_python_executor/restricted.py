@@ -36,6 +36,7 @@ public callable with its verdict; the tests fail when a new Python adds one unre
 
 from __future__ import annotations
 
+import abc
 import ast
 import builtins
 import collections
@@ -74,7 +75,6 @@ _MISSING = object()
 
 
 def _banned_objects() -> dict[int, str]:
-    import dataclasses
     import functools
     import typing
 
@@ -87,10 +87,10 @@ def _banned_objects() -> dict[int, str]:
         typing.no_type_check: "typing.no_type_check",
         typing.no_type_check_decorator: "typing.no_type_check_decorator",
         typing.dataclass_transform: "typing.dataclass_transform",
-        typing.MethodDescriptorType: "typing.MethodDescriptorType",
-        typing.MethodWrapperType: "typing.MethodWrapperType",
-        typing.WrapperDescriptorType: "typing.WrapperDescriptorType",
-        dataclasses.FunctionType: "FunctionType",
+        types.MethodDescriptorType: "typing.MethodDescriptorType",  # typing re-exports these
+        types.MethodWrapperType: "typing.MethodWrapperType",
+        types.WrapperDescriptorType: "typing.WrapperDescriptorType",
+        types.FunctionType: "FunctionType",  # dataclasses.FunctionType
         functools.singledispatch: "functools.singledispatch",
         functools.singledispatchmethod: "functools.singledispatchmethod",
     }
@@ -326,7 +326,7 @@ def safe_update_wrapper(
             "functools.update_wrapper copies only the standard attributes here "
             f"(assigned ⊆ {functools.WRAPPER_ASSIGNMENTS}, updated ⊆ {functools.WRAPPER_UPDATES})"
         )
-    module = getattr(wrapper, "__module__", None)
+    module: Any = getattr(wrapper, "__module__", None)
     functools.update_wrapper(wrapper, wrapped, tuple(assigned), tuple(updated))
     if isinstance(wrapper, type):  # a class keeps its owner, or the write rule would lose it
         wrapper.__module__ = module
@@ -423,7 +423,7 @@ WRAPPED = {
             functools.total_ordering,
             _owned_argument(functools.total_ordering, "functools.total_ordering"),
         ),
-        (typing.abstractmethod, _owned_argument(typing.abstractmethod, "abstractmethod")),
+        (abc.abstractmethod, _owned_argument(abc.abstractmethod, "abstractmethod")),  # typing's
         (typing.final, _owned_argument(typing.final, "typing.final")),
         (
             typing.runtime_checkable,
@@ -578,7 +578,9 @@ def compile_cell(source: str) -> tuple[Any, Any]:
             isinstance(n, ast.Name) and n.id == "print" for n in ast.walk(tree.body[-1])
         )
         if not uses_print:  # print() is a statement to RestrictedPython's collector
-            last = ast.Expression(tree.body.pop().value)
+            expression = tree.body.pop()
+            assert isinstance(expression, ast.Expr)
+            last = ast.Expression(expression.value)
     result = compile_restricted_exec(tree, FILENAME)
     errors = list(result.errors)
     value_code = None
