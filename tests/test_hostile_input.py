@@ -150,10 +150,10 @@ def test_a_field_of_the_wrong_type_names_its_type(tmp_path):
     assert result.exit_code == 0, result.output
     assert "missing field" not in result.output
     for line, message in [
-        (2, "field 'steps' has type str, expected list"),
-        (3, "field 'messages' has type dict, expected list"),
-        (4, "field 'success' has type str, expected bool or null"),
-        (5, "field 'steps[0].thought' has type int, expected str or null"),
+        (2, "field steps has type str, expected list"),
+        (3, "field messages has type dict, expected list"),
+        (4, "field success has type str, expected bool"),
+        (5, "field steps[0].thought has type int, expected str or null"),
         (6, "field 'messages[1].tool_calls' has type int, expected list"),
     ]:
         assert f"{path}:{line}: {message}" in result.output
@@ -209,7 +209,7 @@ def test_forked_workers_report_hostile_lines_alike(tmp_path, num_proc):
     assert summary["num_proc"] == num_proc
     assert summary["bad_input"]["lines"] == [
         {"line": 2, "reason": "JSON nested too deeply to decode"},
-        {"line": 6, "reason": "field 'steps' has type str, expected list"},
+        {"line": 6, "reason": "field steps has type str, expected list"},
         {"line": 7, "reason": "record too large (30,001 bytes > 20,000)"},
         {"line": 12, "reason": "expected a JSON object, got list"},
     ]

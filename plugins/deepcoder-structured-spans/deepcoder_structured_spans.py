@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import re
 
-from deepcoder_core import hookimpl
-from deepcoder_core.protocols import Span, SpanType
-from deepcoder_core.spans import Segment, fill_gaps
+from deepcoder_core import Segment, Span, SpanType, fill_gaps, hookimpl
 
 _KEYWORDS = re.compile(
     r"^(?P<answer>Final Answer:|Action(?: \d+)?:[ \t]*[Ff]inish\[)"

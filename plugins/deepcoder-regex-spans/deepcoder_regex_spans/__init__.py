@@ -29,9 +29,7 @@ from typing import Any
 
 import yaml
 
-from deepcoder_core import hookimpl
-from deepcoder_core.protocols import Span, SpanType
-from deepcoder_core.spans import normalize_spans
+from deepcoder_core import Span, SpanType, hookimpl, normalize_spans
 
 _FENCE = re.compile(r"^[ \t]*```[^\n]*$", re.MULTILINE)
 

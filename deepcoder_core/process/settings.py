@@ -1,0 +1,96 @@
+"""What a processing run works with: its :class:`Settings`, the student tokenizer, its errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..config import Config
+from ..errors import DeepcoderError
+
+
+class ProcessError(DeepcoderError):
+    """A processing problem the user can act on (missing file, bad option, no tokenizer)."""
+
+
+@dataclasses.dataclass
+class Settings:
+    """What a worker needs; plain data, so it also keys the per-process worker cache and the
+    dataset fingerprint."""
+
+    tokenizer: str
+    detector: str
+    detector_options: dict[str, Any]
+    fmt: str
+    max_length: int
+    overflow: str
+    min_tokens: int
+    min_reasoning_ratio: float
+    min_action_ratio: float
+    successful_only: bool
+    agreement_sample: int
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        tokenizer: str | None = None,
+        detector: str | None = None,
+        fmt: str | None = None,
+    ) -> Settings:
+        """The ``processing`` section, with the command's flags over it."""
+        cfg = config.processing
+        return cls(
+            tokenizer=resolve_tokenizer(config, tokenizer),
+            detector=detector or cfg.detector,
+            detector_options=dict(cfg.detector_options),
+            fmt=fmt or cfg.format,
+            max_length=cfg.max_length,
+            overflow=cfg.overflow,
+            min_tokens=cfg.min_tokens,
+            min_reasoning_ratio=cfg.min_reasoning_ratio,
+            min_action_ratio=cfg.min_action_ratio,
+            successful_only=cfg.successful_only,
+            agreement_sample=cfg.agreement_sample,
+        )
+
+
+def resolve_tokenizer(config: Config, tokenizer: str | None = None) -> str:
+    """The student's tokenizer: the argument, ``processing.tokenizer``, ``student.tokenizer``,
+    ``student.path``, else the default teacher's (the student is derived from it)."""
+    from .. import models
+
+    name = tokenizer or config.processing.tokenizer or config.student.tokenizer
+    name = name or config.student.path
+    if name is None or str(name).lower() in {"smollm2", "default"}:
+        return str(models.default_teacher_path(config.paths.cache))
+    if str(name).lower() == "qwen3":
+        return str(models.qwen3_tokenizer_path())
+    return str(name)
+
+
+def other_detector(name: str) -> str:
+    """The detector compared against for the agreement figure."""
+    return "regex" if name == "structured" else "structured"
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def load_tokenizer(path: str) -> Any:
+    """A fast tokenizer (offset mappings need one), loaded once per process."""
+    if path not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ProcessError(f"tokenizer {path}: cannot load: {exc}") from exc
+        if not getattr(tokenizer, "is_fast", False):
+            raise ProcessError(
+                f"tokenizer {path} is not a fast tokenizer; character offsets need one "
+                "(a folder with tokenizer.json)"
+            )
+        _TOKENIZERS[path] = tokenizer
+    return _TOKENIZERS[path]
