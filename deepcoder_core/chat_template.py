@@ -89,9 +89,9 @@ def _fast_template(source: str) -> Any:
             return __obj(*args, **kwargs)
         return plain_call(__context, __obj, *args, **kwargs)
 
-    env.is_safe_attribute = cached_is_safe
-    env.getattr = fast_getattr
-    env.call = fast_call
+    env.is_safe_attribute = cached_is_safe  # type: ignore[method-assign]  # the overlay is the point
+    env.getattr = fast_getattr  # type: ignore[method-assign]
+    env.call = fast_call  # type: ignore[method-assign]
     return env.from_string(source)
 
 

@@ -44,7 +44,7 @@ import base64
 import builtins
 import types
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .sandbox import (
     SandboxError,
@@ -90,7 +90,7 @@ class CheckResult:
         return {**asdict(self), "success": self.success}
 
 
-def _count(value: Any) -> bool:
+def _count(value: Any) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= _MAX_ASSERTS
 
 
@@ -475,7 +475,8 @@ def check_solution(
     try:
         compile(code, _SOLUTION, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as exc:
-        where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        line = getattr(exc, "lineno", None)
+        where = f" (line {line})" if line else ""
         return CheckResult(
             0,
             static_total,
@@ -494,14 +495,19 @@ def check_solution(
     data = result.data
     if result.status != "ok" or "passed" not in data:
         error = result.error or f"check ended with {result.status}"
-        progress = data.get("progress") if type(data.get("progress")) is dict else {}
-        passed, executed = progress.get("passed", 0), progress.get("executed", 0)
-        if not (_count(passed) and _count(executed) and passed <= executed):
-            passed, executed = 0, 0  # the judge's page is the only source; refuse a broken one
-        return CheckResult(passed, max(static_total, executed + 1), error)
-    passed, total, error = data.get("passed"), data.get("total"), data.get("first_error")
-    if not (_count(passed) and _count(total) and passed <= total) or not (
-        error is None or type(error) is str
+        progress = data.get("progress")
+        if not isinstance(progress, dict):
+            progress = {}
+        done, executed = progress.get("passed", 0), progress.get("executed", 0)
+        if _count(done) and _count(executed) and done <= executed:
+            return CheckResult(done, max(static_total, executed + 1), error)
+        return CheckResult(0, max(static_total, 1), error)  # the judge's page alone counts
+    passed, total, first = data.get("passed"), data.get("total"), data.get("first_error")
+    if (
+        _count(passed)
+        and _count(total)
+        and passed <= total
+        and (first is None or type(first) is str)
     ):
-        return CheckResult(0, static_total, "sandbox protocol error: malformed check result")
-    return CheckResult(passed, total, error)
+        return CheckResult(passed, total, first)
+    return CheckResult(0, static_total, "sandbox protocol error: malformed check result")

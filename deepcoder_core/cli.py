@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -63,7 +63,7 @@ def cli() -> None:
     """
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line error (no traceback) and exit."""
     click.secho(f"Error: {message}", fg="red", err=True)
     sys.exit(code)
@@ -94,7 +94,7 @@ def plugins_command(show_all: bool, kind: str | None, as_json: bool) -> None:
         for entry in registry.values():
             components.setdefault(entry.plugin, {}).setdefault(k, []).append(entry.name)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, info in sorted(manager.plugins.items()):
         if info.builtin and not show_all:
             continue

@@ -61,6 +61,7 @@ class Range:
             return f"in {left}{_number(low)}, {_number(high)}{right}"
         if low is not None:
             return f"{'>' if self.gt is not None else '>='} {_number(low)}"
+        assert high is not None, "a Range has at least one bound"
         return f"{'<' if self.lt is not None else '<='} {_number(high)}"
 
     def check(self, value: float, where: str, kind: str) -> None:
@@ -321,7 +322,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a field's type, converting the obvious cases (int -> float)."""
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if value is None:  # a section whose keys are all commented out
             return hint()
         if not isinstance(value, dict):
@@ -591,8 +592,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = load_yaml(text, str(path)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+        at = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{at}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data

@@ -238,9 +238,10 @@ def retry_call(
         except TeacherError as exc:
             error = exc
         except Exception as exc:
-            error = classify(exc)
-            if error is None:
+            classified = classify(exc)
+            if classified is None:
                 raise
+            error = classified
             error.__cause__ = exc
         if not error.retryable or n == max_retries:
             error.retries = n

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -201,11 +202,11 @@ def _write(out: Path, dataset: Any, summary: dict[str, Any], config: Config) -> 
             shutil.rmtree(staging, ignore_errors=True)
 
 
-class _Null:
+class _Null(io.StringIO):
     """A file that swallows the progress bar when progress is off."""
 
-    def write(self, _text: str) -> None:
-        pass
+    def write(self, _text: str) -> int:
+        return 0
 
     def flush(self) -> None:
         pass

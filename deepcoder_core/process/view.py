@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..protocols import SPAN_NAMES, SpanType
 from .settings import ProcessError, load_tokenizer
 
-SPAN_STYLES = {
+SPAN_STYLES: dict[SpanType, dict[str, Any]] = {
     SpanType.OTHER: {"dim": True},
     SpanType.REASONING: {"fg": "magenta"},
     SpanType.ACTION: {"fg": "yellow", "bold": True},

@@ -154,7 +154,9 @@ class _Worker:
             cwd="/",
         )
         self.pid = self.proc.pid
-        self.reader = Reader(self.proc.stdout.fileno())
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr  # all three are pipes
+        self.stdin, self.stdout, self.stderr = self.proc.stdin, self.proc.stdout, self.proc.stderr
+        self.reader = Reader(self.stdout.fileno())
         try:
             hello = self.reader.read(time.monotonic() + start_timeout)
         except (TimeoutError, ProtocolError) as exc:
@@ -169,18 +171,18 @@ class _Worker:
         if hello.get("isolation") != isolation_level:
             self.kill()
             raise SandboxError(f"sandbox worker reports isolation {hello.get('isolation')!r}")
-        self.proc.stderr.close()  # the worker sends nothing there once it serves
+        self.stderr.close()  # the worker sends nothing there once it serves
 
     def _stderr(self) -> str:
         try:
-            text = self.proc.stderr.read(4000).decode("utf-8", "replace").strip()
+            text = self.stderr.read(4000).decode("utf-8", "replace").strip()
         except (OSError, ValueError):
             return ""
         return text.splitlines()[-1] if text else ""
 
     def request(self, message: dict[str, Any], deadline: float) -> Any:
         try:
-            send(self.proc.stdin.fileno(), message)
+            send(self.stdin.fileno(), message)
             response = self.reader.read(deadline)
         except (OSError, ProtocolError, TimeoutError) as exc:
             raise _WorkerLost(type(exc).__name__) from None
@@ -194,7 +196,7 @@ class _Worker:
     def close(self, wait: float = 1.0) -> None:
         """Ask politely (end-of-file), then kill the process group."""
         try:
-            self.proc.stdin.close()
+            self.stdin.close()
         except OSError:
             pass
         try:
@@ -212,7 +214,7 @@ class _Worker:
             code = self.proc.wait(5)
         except subprocess.TimeoutExpired:
             code = None
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+        for stream in (self.stdin, self.stdout, self.stderr):
             try:
                 stream.close()
             except OSError:
@@ -484,7 +486,7 @@ def _forget_after_fork() -> None:
     global _shared
     for pool in list(_live_pools):
         for worker in pool._workers:
-            for stream in (worker.proc.stdin, worker.proc.stdout):
+            for stream in (worker.stdin, worker.stdout):
                 try:
                     stream.close()
                 except OSError:

@@ -181,6 +181,7 @@ def _child(
     _cap_texts(result, limits["max_output_chars"])
     result["stdout"] = out.getvalue()
     result["truncated"] = bool(out.dropped)
+    assert result_fd is not None  # a partner became its own interpreter above
     send(result_fd, result)
 
 
@@ -365,7 +366,9 @@ def _run_one(
         }
     if os.WIFSIGNALED(wait_status):
         sig = os.WTERMSIG(wait_status)
-        meaning = _SIGNAL_MEANING.get(sig, f"killed by signal {signal.Signals(sig).name}")
+        meaning = _SIGNAL_MEANING.get(
+            signal.Signals(sig), f"killed by signal {signal.Signals(sig).name}"
+        )
         if sig == signal.SIGXCPU:
             meaning += f" ({limits['cpu_seconds']} s)"
         return {"status": "killed", "error": meaning, **extra}

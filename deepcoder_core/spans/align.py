@@ -62,7 +62,8 @@ def locate(
             ranges.append((pos, pos + len(text)))
             cursor = pos + len(text)
         else:
-            first = last = None
+            first: int | None = None
+            last: int | None = None
             for span in seg_spans:
                 piece = text[span.start : span.end]
                 stripped = piece.strip()
@@ -85,7 +86,7 @@ def locate(
                 confidence[at:end] = span.confidence
                 first = at if first is None else first
                 last = cursor = end
-            ranges.append((first, last) if first is not None else None)
+            ranges.append((first, last) if first is not None and last is not None else None)
         if seg.prompt and ranges[-1] is not None:
             prompt_end = ranges[-1][1]
     # Tags the template added around model text take the type of what they wrap.

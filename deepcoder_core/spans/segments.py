@@ -119,7 +119,7 @@ def detect_spans(detector: Any, segments: list[Segment]) -> list[tuple[Span, ...
             spans if spans is seg.parts and spans else normalize_spans(seg.text, list(spans))
             for seg, spans in zip(segments, found, strict=False)
         ]
-    out = []
+    out: list[tuple[Span, ...]] = []
     for seg in segments:
         if not seg.text:
             out.append(())

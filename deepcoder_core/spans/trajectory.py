@@ -68,6 +68,7 @@ def parse_deepcoder(record: dict[str, Any]) -> tuple[list[Segment], dict[str, An
             text = f"Observation: {step.observation}"
         else:
             continue
+        assert text is not None
         segments.append(
             Segment("user", text, number, parts=(Span(0, len(text), SpanType.OBSERVATION),))
         )

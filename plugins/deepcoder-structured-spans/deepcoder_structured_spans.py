@@ -42,7 +42,7 @@ def react_spans(text: str, leading: SpanType, confidence: float = 0.95) -> tuple
     protected = think + fences
     pieces: list[tuple[int, int, SpanType]] = [(a, b, SpanType.REASONING) for a, b in think]
     marks = [
-        (m.start(), SpanType[m.lastgroup.upper()])
+        (m.start(), SpanType[str(m.lastgroup).upper()])  # every alternative is a named group
         for m in _KEYWORDS.finditer(text)
         if not any(a <= m.start() < b for a, b in protected)
     ]

@@ -162,7 +162,7 @@ class RegexSpanDetector:
             return i >= 0 and blocks[i][0] <= pos < blocks[i][1]
 
         markers = [
-            (m.start(), m.lastgroup)
+            (m.start(), str(m.lastgroup))  # every alternative is a named group
             for m in self.marker_re.finditer(text)
             if not in_block(m.start())
         ]
