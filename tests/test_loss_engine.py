@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from deepcoder_core import plugins
-from deepcoder_core.distill.engine import DistillError, check_signal, distill_loss, merge_metrics
+from deepcoder_core.distill.engine import DistillError, check_signal, distill_loss
+from deepcoder_core.distill.metrics import span_means, span_totals
 from deepcoder_core.plugins import PluginManager, build
 from deepcoder_core.protocols import TopK
 
@@ -206,9 +207,9 @@ def test_metrics_per_span():
     assert spans["action"]["top1_agreement"] == 1.0 and spans["answer"]["top1_agreement"] == 0.0
     assert spans["reasoning"]["divergence"] == pytest.approx(float(values[:2].mean()))
     assert out.metrics["top1_agreement"] == 0.5
-    merged = merge_metrics([out.metrics, out.metrics])
-    assert merged["tokens"] == 8 and merged["spans"]["reasoning"]["tokens"] == 4
-    assert merged["spans"]["action"]["divergence"] == pytest.approx(spans["action"]["divergence"])
+    merged = span_means(span_totals(spans, span_totals(spans)))  # two micro-batches, summed
+    assert merged["reasoning"]["tokens"] == 4 and merged["answer"]["top1_agreement"] == 0.0
+    assert merged["action"]["divergence"] == pytest.approx(spans["action"]["divergence"])
 
 
 def test_half_precision_inputs_accumulate_in_float32():

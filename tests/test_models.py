@@ -57,3 +57,31 @@ def test_default_teacher_converts_once_and_generates(tmp_path):
     )
     out = model.generate(**batch, max_new_tokens=5, do_sample=False)
     assert tokenizer.decode(out[0, batch["input_ids"].shape[1] :]).strip()
+
+
+def test_one_resolver_puts_the_default_model_in_the_configured_cache(tmp_path):
+    """Student building, the white-box teacher and the hf plugin all resolve into paths.cache."""
+    import deepcoder_hf
+
+    from deepcoder_core.config import load_config
+    from deepcoder_core.distill.student import teacher_model_path
+
+    default = tmp_path / "models" / "SmolLM2-135M-Instruct"
+    default.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):  # as if converted already
+        (default / name).write_text("{}")
+    config = load_config(None, [f"paths.cache={tmp_path}"])
+    assert models.resolve_model_path(None, config.paths.cache) == str(default)
+    assert models.resolve_model_path("smollm2", tmp_path) == str(default)
+    assert models.resolve_model_path("some/folder", tmp_path) == "some/folder"
+    assert teacher_model_path(config) == str(default)
+    assert deepcoder_hf.HFTeacher(cache=config.paths.cache).path == str(default)
+    assert models.resolve_tokenizer_path("qwen3", tmp_path) == str(models.qwen3_tokenizer_path())
+    assert models.resolve_tokenizer_path(None, tmp_path) == str(default)
+
+
+def test_shared_tokenizers_are_loaded_once_and_fresh_ones_are_not(tmp_path):
+    path = models.qwen3_tokenizer_path()
+    shared = models.load_tokenizer(path, shared=True)
+    assert models.load_tokenizer(path, shared=True) is shared
+    assert models.load_tokenizer(path) is not shared

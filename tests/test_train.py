@@ -12,7 +12,9 @@ import torch
 from deepcoder_core import hookimpl, models, plugins
 from deepcoder_core.config import load_config
 from deepcoder_core.distill import train as train_module
+from deepcoder_core.distill.checkpoint import STATE_FILE, checkpoint_step, decode_state
 from deepcoder_core.distill.train import TrainError, train
+from deepcoder_core.distill.trainer import DistillTrainer
 
 SMALL_VOCAB = 512
 
@@ -128,16 +130,16 @@ def test_qwen3_student_loss_falls_on_fixed_batch(tmp_path, moe):
     assert [r["step"] for r in records] == list(range(1, 31))
     assert summary["signal"] == "online" and summary["moe"] is moe
     for span in ("reasoning", "action", "answer"):
-        first, last = records[0][f"loss/{span}"], records[-1][f"loss/{span}"]
+        first, last = records[0][f"divergence/{span}"], records[-1][f"divergence/{span}"]
         assert last < 0.5 * first, (span, first, last)
-    assert "loss/observation" not in records[0]  # weight 0: no loss on tool output
+    assert "divergence/observation" not in records[0]  # weight 0: no loss on tool output
     assert records[-1]["tokens_per_second"] > 0
     if moe:
         assert all(r["moe/aux_loss"] > 0 for r in records)
         assert len(records[-1]["expert_load"]) == student["num_experts"]
         assert sum(records[-1]["expert_load"]) == pytest.approx(1.0, abs=1e-3)
         assert (out / "plots" / "expert_load.png").exists()
-    assert (out / "plots" / "loss_by_span.png").stat().st_size > 1000
+    assert (out / "plots" / "divergence_by_span.png").stat().st_size > 1000
     assert (out / "config.yaml").exists()
     assert json.loads((out / "summary.json").read_text())["steps"] == 30
     reloaded = models.load_causal_lm(out / "student")
@@ -162,8 +164,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
         progress=False,
     )
 
-    trainer_class = train_module._trainer_classes()[0]
-    original = trainer_class.end_window
+    original = DistillTrainer.end_window
 
     def interrupt_at_step_4(self):
         if self.state.global_step == 4:
@@ -171,7 +172,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
         original(self)
 
     cut = tmp_path / "cut"
-    monkeypatch.setattr(trainer_class, "end_window", interrupt_at_step_4)
+    monkeypatch.setattr(DistillTrainer, "end_window", interrupt_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         train(
             make_config(tmp_path, *overrides),
@@ -182,7 +183,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
         )
     assert (cut / "checkpoints" / "checkpoint-3").is_dir()
     assert [r["step"] for r in metrics(cut)] == [1, 2, 3]
-    monkeypatch.setattr(trainer_class, "end_window", original)
+    monkeypatch.setattr(DistillTrainer, "end_window", original)
     config = make_config(tmp_path, *overrides)
     train(config, data=data, out=cut, teacher=str(teacher), resume=True, progress=False)
 
@@ -190,7 +191,36 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert [r["step"] for r in resumed] == list(range(1, 7))
     for a, b in zip(expected, resumed, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-7)
-        assert b["loss/reasoning"] == pytest.approx(a["loss/reasoning"], rel=1e-5, abs=1e-7)
+        expected_reasoning = a["divergence/reasoning"]
+        assert b["divergence/reasoning"] == pytest.approx(expected_reasoning, rel=1e-5, abs=1e-7)
+
+
+def test_train_leaves_the_callers_config_unchanged(tmp_path):
+    import copy
+
+    import yaml
+
+    data = save_dataset(random_rows(1), tmp_path / "data")
+    student = save_teacher(tmp_path / "student", models.tiny_qwen3_config() | {"vocab_size": 512})
+    config = make_config(tmp_path, "loss.name=ce", "training.max_steps=1")
+    before = copy.deepcopy(config)
+    train(config, data=data, out=tmp_path / "run", student=str(student), progress=False)
+    assert config == before and config.student.path is None
+    snapshot = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert snapshot["student"]["path"] == str(student)  # the run records what it trained
+
+
+def test_lr_warmup_lasts_the_configured_share_of_the_steps(tmp_path):
+    data = save_dataset(random_rows(1), tmp_path / "data")
+    overrides = ("loss.name=ce", "training.max_steps=10", "training.lr_scheduler=linear")
+    config = make_config(tmp_path, *overrides, "training.warmup_ratio=0.3")
+    assert train_module.warmup_steps(config) == 3  # 0.3 x 10, not ceil(3.0000000000000004)
+    train(config, data=data, out=tmp_path / "run", progress=False)
+    rates = [r["learning_rate"] for r in metrics(tmp_path / "run")]  # what each step ran with
+    peak = 0.01  # training.learning_rate in make_config
+    assert rates[:4] == pytest.approx([0.0, peak / 3, 2 * peak / 3, peak])  # 3 warm-up steps
+    assert all(a > b for a, b in zip(rates[3:], rates[4:], strict=False))  # then the decay
+    assert train_module.warmup_steps(make_config(tmp_path, *overrides)) == 0
 
 
 def test_gradient_accumulation_split_does_not_change_losses(tmp_path):
@@ -308,6 +338,19 @@ def test_train_command_reports_a_missing_dataset_in_one_line(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_train_command_refuses_two_teacher_signals_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from deepcoder_core.cli import cli
+
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    args += ["--teacher", "hf", "--teacher-logits", str(tmp_path / "cache")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "Error: give either --teacher (online) or --teacher-logits (cache)" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_train_command_runs_from_a_config_file(tmp_path):
     import yaml
     from click.testing import CliRunner
@@ -358,7 +401,7 @@ def _save_then_resume(tmp_path, overrides, teacher=None):
     checkpoints = out / "checkpoints"
     assert not list(checkpoints.rglob("*.pkl"))  # nothing a resume would have to unpickle
     return {
-        int(p.name[11:]): json.loads((p / train_module.STATE_FILE).read_text())
+        checkpoint_step(p): json.loads((p / STATE_FILE).read_text())
         for p in checkpoints.glob("checkpoint-*")
     }
 
@@ -441,14 +484,14 @@ class Counting:
 
     @hookimpl
     def register_losses(self, register):
-        register("counting", Counting.Loss, signals=("labels",))
+        register("counting", Counting.Loss)
 
 
 def test_third_party_state_continues_after_resume(tmp_path):
     plugins.get_plugin_manager().add(Counting(), name="deepcoder-counting")
     states = _save_then_resume(tmp_path, ["weighting.name=counting", "loss.name=counting"])
     saved = states[3]["weighting"]["attributes"]
-    weighting = {key: train_module.decode_state(value) for key, value in saved.items()}
+    weighting = {key: decode_state(value) for key, value in saved.items()}
     # Restored at step 2 and observed once more; without the restore it would count 1.
     assert weighting["observed"] == 3 and weighting["seen"] == {1: 1.0, 2: 2.0, 3: 3.0}
     assert weighting["last"] == (3, "step") and "rule" not in weighting
@@ -456,10 +499,7 @@ def test_third_party_state_continues_after_resume(tmp_path):
     assert total.dtype == torch.float64 and torch.equal(
         total, torch.full((2, 3), 3.0, dtype=torch.float64)
     )
-    calls = {
-        step: train_module.decode_state(states[step]["loss"]["state_dict"])["calls"]
-        for step in (2, 3)
-    }
+    calls = {step: decode_state(states[step]["loss"]["state_dict"])["calls"] for step in (2, 3)}
     assert calls[3] > calls[2] > 0  # counted on from the checkpoint, not from zero
 
 
@@ -471,7 +511,7 @@ def test_a_state_no_checkpoint_can_hold_fails_before_training(tmp_path):
     class Plugin:
         @hookimpl
         def register_losses(self, register):
-            register("opaque", Opaque, signals=("labels",))
+            register("opaque", Opaque)
 
     plugins.get_plugin_manager().add(Plugin(), name="deepcoder-opaque")
     data = save_dataset(random_rows(1), tmp_path / "data")

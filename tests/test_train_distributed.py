@@ -67,7 +67,7 @@ def test_two_processes_match_one(tmp_path):
         # The router loss is taken per process batch, so the totals may differ slightly.
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
         for span in ("reasoning", "action", "answer"):
-            assert b[f"loss/{span}"] == pytest.approx(a[f"loss/{span}"], rel=1e-3)
+            assert b[f"divergence/{span}"] == pytest.approx(a[f"divergence/{span}"], rel=1e-3)
             assert b[f"tokens/{span}"] == a[f"tokens/{span}"]  # both see the whole global batch
     assert "expert_load" in two[-1]
     print(json.dumps({"one_process": [r["loss"] for r in one], "two": [r["loss"] for r in two]}))

@@ -23,22 +23,17 @@ dense result. Labels are the k = 1 case with probability 1.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepcoder_core.distill.divergences import TAIL_FLOOR, log_softmax_
-from deepcoder_core.distill.weights import DEFAULT_SPAN_WEIGHTS, SPAN_NAMES, span_weights
-from deepcoder_core.protocols import TopK
+import torch
 
-SIGNAL_HELP = {
-    "distribution": "teacher logits (dense or top-k) from a white-box teacher",
-    "labels": "the teacher's tokens only",
-}
-
-
-class DistillError(ValueError):
-    """Inputs the engine cannot use: wrong signal, shapes, or non-finite values."""
+from ..protocols import SPAN_NAMES, TopK
+from .divergences import TAIL_FLOOR, log_softmax_
+from .errors import DistillError
+from .metrics import span_means
+from .signals import check_signal, loss_name
+from .weights import DEFAULT_SPAN_WEIGHTS, span_weights
 
 
 @dataclass
@@ -48,51 +43,12 @@ class DistillOutput:
     ``metrics``: ``loss``, ``divergence`` (mean per-token divergence, without the T^2 factor),
     ``top1_agreement``, ``tokens`` (tokens the loss was taken on), ``weight`` (their summed
     weight), ``normalizer``, ``skipped_nonfinite``, and ``spans``: span name ->
-    ``{divergence, tokens, top1_agreement}`` for each span type present.
+    ``{divergence, top1_agreement, tokens}`` for each span type present (the vocabulary of
+    :mod:`deepcoder_core.distill.metrics`, which also combines several calls).
     """
 
     loss: Any
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def loss_name(loss_fn: Any) -> str:
-    return getattr(loss_fn, "name", None) or type(loss_fn).__name__
-
-
-def check_signal(loss_fn: Any, available: set[str] | list[str] | tuple[str, ...]) -> None:
-    """Fail before any work when ``loss_fn`` cannot use the teacher signals ``available``."""
-    signals = set(getattr(loss_fn, "signals", ()))
-    available = set(available)
-    if signals & available:
-        return
-    needs = " or ".join(f"'{s}' ({SIGNAL_HELP.get(s, s)})" for s in sorted(signals))
-    have = ", ".join(sorted(available)) or "nothing"
-    alternatives = _losses_for(available)
-    hint = (
-        f"; losses that work from {have}: {', '.join(alternatives)}"
-        if alternatives
-        else "; no installed loss works from it"
-    )
-    raise DistillError(
-        f"loss '{loss_name(loss_fn)}' needs the teacher signal {needs}, but the teacher gives "
-        f"{have}{hint} (set loss.name), or use a white-box teacher for a distribution"
-    )
-
-
-def _losses_for(available: set[str]) -> list[str]:
-    from deepcoder_core.plugins import get_plugin_manager
-
-    names = []
-    for name, entry in get_plugin_manager().registry("loss").items():
-        signals = entry.meta.get("signals")
-        if signals is None:
-            try:
-                signals = getattr(entry.build(), "signals", ())
-            except Exception:  # a plugin that cannot build without options is just not listed
-                continue
-        if set(signals) & available:
-            names.append(name)
-    return names
 
 
 def distill_loss(
@@ -125,8 +81,6 @@ def distill_loss(
     :param normalizer: weighted token count of the whole accumulation window (None: this call's).
     :param nonfinite: ``"raise"`` (an error naming the tensor) or ``"skip"`` (drop and count).
     """
-    import torch
-
     run = _Run(
         loss_fn,
         span_type=span_type,
@@ -144,34 +98,27 @@ def distill_loss(
     inputs = (run.student_a, run.student_b)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if needs_grad:
-        loss = _distill_function().apply(run.student_a, run.student_b, run)
+        loss = DistillFunction.apply(run.student_a, run.student_b, run)
     else:
         loss = run.forward(need_grad=False)[0]
     return DistillOutput(loss=loss, metrics=run.metrics)
 
 
-@functools.cache
-def _distill_function():
-    """The autograd.Function, built on first use (torch is not imported at module load)."""
-    import torch
+class DistillFunction(torch.autograd.Function):
+    """Forward computes the loss and, chunk by chunk, the gradients; backward scales them."""
 
-    class DistillFunction(torch.autograd.Function):
-        """Forward computes the loss and, chunk by chunk, the gradients; backward scales them."""
+    @staticmethod
+    def forward(ctx, student_a, student_b, run):
+        loss, grads = run.forward(need_grad=True)
+        ctx.grads = grads
+        return loss
 
-        @staticmethod
-        def forward(ctx, student_a, student_b, run):
-            loss, grads = run.forward(need_grad=True)
-            ctx.grads = grads
-            return loss
-
-        @staticmethod
-        def backward(ctx, grad_output):
-            # grads stay on ctx (retain_graph, gradcheck); the graph's release frees them
-            scale = float(grad_output)
-            scaled = [g if g is None or scale == 1.0 else g * scale for g in ctx.grads]
-            return scaled[0], scaled[1], None
-
-    return DistillFunction
+    @staticmethod
+    def backward(ctx, grad_output):
+        # grads stay on ctx (retain_graph, gradcheck); the graph's release frees them
+        scale = float(grad_output)
+        scaled = [g if g is None or scale == 1.0 else g * scale for g in ctx.grads]
+        return scaled[0], scaled[1], None
 
 
 def _flat(x, name, dims):
@@ -204,8 +151,6 @@ class _Run:
         normalizer,
         nonfinite,
     ):
-        import torch
-
         self.loss_fn = loss_fn
         self.name = loss_name(loss_fn)
         if nonfinite not in ("raise", "skip"):
@@ -309,8 +254,6 @@ class _Run:
             ids = self.labels.clamp_min(0)
             if ids.numel() and int(ids.max()) >= self.vocab:
                 raise DistillError(f"labels hold ids >= the student vocabulary size {self.vocab}")
-            import torch
-
             zeros = torch.zeros(n, 1, dtype=self.dtype, device=self.device)
             self.topk = TopK(ids.unsqueeze(1), zeros, zeros.view(n))
             self.sources["labels"] = self.labels
@@ -342,8 +285,6 @@ class _Run:
             )
 
     def _topk(self, topk, n):
-        import torch
-
         indices = topk.indices.reshape(-1, topk.indices.shape[-1]).long().to(self.device)
         logprobs = topk.logprobs.reshape(indices.shape).to(self.device)
         tail = topk.tail_mass.reshape(-1).to(self.device)
@@ -360,8 +301,6 @@ class _Run:
 
     def _check_small_inputs(self):
         """Inputs that are cheap to scan are checked whole; logits are checked per chunk."""
-        import torch
-
         for name, tensor in self.sources.items():
             if name in ("student_logits", "teacher_logits", "labels") or tensor is None:
                 continue
@@ -381,15 +320,11 @@ class _Run:
     # ------------------------------------------------------------------ the loop
     def forward(self, need_grad: bool):
         """Returns (loss, (grad_student_a, grad_student_b) or None)."""
-        import torch
-
         # the engine chooses its own precision (float32 accumulation); a trainer's autocast must not
         with torch.autocast(self.device.type, enabled=False):
             return self._forward(need_grad)
 
     def _forward(self, need_grad: bool):
-        import torch
-
         dtype, active = self.dtype, self.active
         n_active = active.numel()
         grad_a = grad_b = None
@@ -449,8 +384,6 @@ class _Run:
         return tensor.dtype if tensor.dtype.is_floating_point else self.dtype
 
     def _workspace(self, rows):
-        import torch
-
         ws = {
             "student": torch.empty(rows, self.vocab, dtype=self.dtype, device=self.device),
             "scratch": torch.empty(rows, self.vocab, dtype=self.dtype, device=self.device),
@@ -475,8 +408,6 @@ class _Run:
 
     def _logits(self, a, b, idx, out):
         """Logits of positions ``idx`` written into ``out`` (float32/64) from logits or hidden+head."""
-        import torch
-
         if b is None:
             if a.dtype == out.dtype:
                 return torch.index_select(a, 0, idx, out=out)
@@ -500,8 +431,6 @@ class _Run:
         return self._sparse_chunk(idx, student, scratch, row_scale, need_grad)
 
     def _dense_chunk(self, idx, ws, student, scratch, row_scale, need_grad):
-        import torch
-
         n = idx.numel()
         teacher = ws["teacher"][:n]
         with torch.no_grad():
@@ -528,8 +457,6 @@ class _Run:
 
     def _sparse_chunk(self, idx, student, scratch, row_scale, need_grad):
         """Student mapped onto the teacher's k ids plus a tail bucket (labels: k = 1)."""
-        import torch
-
         ids = self.topk.indices[idx]
         t_sup = torch.cat(
             [
@@ -587,8 +514,6 @@ class _Run:
 
     # ------------------------------------------------------------------ reporting
     def _explain_nonfinite(self, idx, bad):
-        import torch
-
         positions = idx[bad]
         for name, tensor in self.sources.items():
             if tensor is None or not tensor.dtype.is_floating_point or name.endswith("lm_head"):
@@ -608,16 +533,8 @@ class _Run:
         )
 
     def _metrics(self, loss, div_sum, agree, count, weight, norm, skipped):
+        totals = torch.stack([div_sum, agree, count], dim=1)  # span_totals' layout
         tokens = float(count.sum())
-        spans = {}
-        for number, name in SPAN_NAMES.items():
-            k = float(count[number])
-            if k:
-                spans[name] = {
-                    "divergence": float(div_sum[number]) / k,
-                    "tokens": int(k),
-                    "top1_agreement": float(agree[number]) / k,
-                }
         self.metrics.update(
             {
                 "loss": float(loss),
@@ -627,44 +544,15 @@ class _Run:
                 "weight": weight,
                 "normalizer": norm,
                 "skipped_nonfinite": skipped + self.pre_skipped,
-                "spans": spans,
+                "spans": span_means(totals.tolist()),
             }
         )
 
 
 def _nonfinite_message(name, bad):
-    import torch
-
     positions = torch.nonzero(bad).view(-1)
     return (
         f"{name} holds NaN/Inf at {positions.numel()} token(s) (first: position "
         f"{int(positions[0])}); fix the input, or pass nonfinite='skip' (loss.nonfinite: skip) "
         "to drop and count those tokens"
     )
-
-
-def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine the metrics of several engine calls (micro-batches) into one, token-weighted."""
-    merged: dict[str, Any] = {"loss": 0.0, "tokens": 0, "weight": 0.0, "skipped_nonfinite": 0}
-    div = agree = 0.0
-    spans: dict[str, dict[str, float]] = {}
-    for part in parts:
-        merged["loss"] += part["loss"]
-        merged["tokens"] += part["tokens"]
-        merged["weight"] += part["weight"]
-        merged["skipped_nonfinite"] += part["skipped_nonfinite"]
-        div += part["divergence"] * part["tokens"]
-        agree += part["top1_agreement"] * part["tokens"]
-        for name, s in part["spans"].items():
-            acc = spans.setdefault(name, {"divergence": 0.0, "tokens": 0, "top1_agreement": 0.0})
-            acc["divergence"] += s["divergence"] * s["tokens"]
-            acc["top1_agreement"] += s["top1_agreement"] * s["tokens"]
-            acc["tokens"] += s["tokens"]
-    tokens = merged["tokens"]
-    merged["divergence"] = div / tokens if tokens else 0.0
-    merged["top1_agreement"] = agree / tokens if tokens else 0.0
-    for acc in spans.values():
-        acc["divergence"] /= max(1, acc["tokens"])
-        acc["top1_agreement"] /= max(1, acc["tokens"])
-    merged["spans"] = spans
-    return merged

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import read_jsonl
-
-SPANS = ("reasoning", "action", "answer", "observation", "other")
+from ..protocols import SPAN_NAMES
+from .metrics import span_key
 
 
 def plot_metrics(metrics: str | Path, out: str | Path) -> list[Path]:
-    """``loss_by_span.png`` (loss per span type over steps), ``loss.png`` (total loss and LR),
-    and ``expert_load.png`` for MoE students. Returns the files written."""
+    """``divergence_by_span.png`` (mean divergence per span type over steps), ``loss.png``
+    (total loss and LR), and ``expert_load.png`` for MoE students. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,14 +25,19 @@ def plot_metrics(metrics: str | Path, out: str | Path) -> list[Path]:
     written = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for span in SPANS:
-        points = [(r["step"], r[f"loss/{span}"]) for r in records if f"loss/{span}" in r]
+    for span in SPAN_NAMES.values():
+        key = span_key("divergence", span)
+        points = [(r["step"], r[key]) for r in records if key in r]
         if points:
             ax.plot(*zip(*points, strict=True), marker=".", label=span)
-    ax.set(xlabel="optimizer step", ylabel="mean divergence per token", title="Loss per span type")
+    ax.set(
+        xlabel="optimizer step",
+        ylabel="mean divergence per token",
+        title="Divergence per span type",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
-    written.append(_save(fig, out / "loss_by_span.png"))
+    written.append(_save(fig, out / "divergence_by_span.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r["step"] for r in records]

@@ -13,7 +13,6 @@ adapters, and ``deepcoder merge-lora`` folds them back into a plain model folder
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -21,27 +20,10 @@ from typing import Any
 import click
 
 from ..config import Config
+from .errors import one_line_errors
 
 LORA_BASE_DIR = "student-base"
 """Where a LoRA run keeps the base weights when the base is not a folder on disk already."""
-
-
-def load_tokenizer(path: str | Path) -> Any:
-    """The tokenizer of a folder, loaded once per process while the folder is unchanged."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        from .. import models
-
-        return models.load_tokenizer(path)
-    stamp = max((f.stat().st_mtime_ns for f in folder.iterdir() if f.is_file()), default=0)
-    return _tokenizer_at(str(folder.resolve()), stamp)
-
-
-@functools.lru_cache(maxsize=8)
-def _tokenizer_at(path: str, stamp: int) -> Any:
-    from .. import models
-
-    return models.load_tokenizer(path)
 
 
 def teacher_model_path(config: Config, teacher_path: str | Path | None = None) -> str:
@@ -50,7 +32,7 @@ def teacher_model_path(config: Config, teacher_path: str | Path | None = None) -
 
     if teacher_path is not None:
         return str(teacher_path)
-    return resolve_model_path(config.teacher.options.get("model"))
+    return resolve_model_path(config.teacher.options.get("model"), config.paths.cache)
 
 
 def build_student(config: Config, *, teacher_path: str | Path | None = None) -> tuple[Any, Any]:
@@ -85,9 +67,8 @@ def build_student(config: Config, *, teacher_path: str | Path | None = None) -> 
         raise ValueError(
             "student: set student.path, student.init.from_teacher.layers or student.init.config"
         )
-    if tokenizer_source in {"qwen3", "Qwen3"}:
-        tokenizer_source = str(models.qwen3_tokenizer_path())
-    tokenizer = load_tokenizer(tokenizer_source)
+    path = models.resolve_tokenizer_path(tokenizer_source, config.paths.cache)
+    tokenizer = models.load_tokenizer(path, shared=True)
     configure_moe(model, section.router_aux_loss_coef)
     model.train()
     return model, tokenizer
@@ -177,10 +158,6 @@ def merge_lora(adapter: str | Path, out: str | Path, *, base: str | Path | None 
 @click.option("--base", type=click.Path(file_okay=False), help="Base model (default: recorded).")
 def merge_lora_command(adapter: str, out: str, base: str | None) -> None:
     """Fold a LoRA adapter into its base model and save a plain causal-LM folder."""
-    from ..cli import fail
-
-    try:
+    with one_line_errors():
         path = merge_lora(adapter, out, base=base)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        fail(str(exc))
     click.echo(f"merged model written to {path}")

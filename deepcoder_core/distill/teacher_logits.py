@@ -31,44 +31,14 @@ import click
 
 from ..config import Config
 from ..io import atomic_write_json
+from .data import load_processed
+from .errors import CacheError, one_line_errors
 
 SCHEMA = 1
 MANIFEST = "manifest.json"
-DATA_COLUMNS = ("input_ids", "attention_mask", "span_type", "span_confidence")
-
-
-class CacheError(ValueError):
-    """A teacher-logit cache that cannot be used (stale, incomplete, another teacher)."""
 
 
 # ---------------------------------------------------------------------------- dataset
-
-
-def load_processed(data: str | Path) -> Any:
-    """The processed dataset (``datasets.save_to_disk`` folder; a DatasetDict gives its ``train``)."""
-    from datasets import Dataset, DatasetDict, load_from_disk
-
-    path = Path(data)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no processed dataset here (run `deepcoder process`)")
-    try:
-        dataset = load_from_disk(str(path))
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{path}: not a saved dataset ({exc})") from None
-    if isinstance(dataset, DatasetDict):
-        if "train" not in dataset:
-            raise ValueError(f"{path}: dataset has splits {list(dataset)}, expected 'train'")
-        dataset = dataset["train"]
-    assert isinstance(dataset, Dataset)
-    missing = [c for c in DATA_COLUMNS if c not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"{path}: dataset lacks columns {missing} (has {dataset.column_names}); "
-            "re-run `deepcoder process`"
-        )
-    if len(dataset) == 0:
-        raise ValueError(f"{path}: the dataset is empty")
-    return dataset
 
 
 def dataset_fingerprint(dataset: Any) -> str:
@@ -182,7 +152,7 @@ def load_teacher(
         path = str(Path(name).expanduser().resolve())
         return _local_teacher(path, device, options.get("dtype", "float32"))
     if name == "hf":
-        path = models.resolve_model_path(options.get("model"))
+        path = models.resolve_model_path(options.get("model"), config.paths.cache)
         return _local_teacher(path, device, options.get("dtype", "float32"))
     return _wrap_plugin(build("teacher", name, **options), options.get("model", name), name)
 
@@ -193,9 +163,7 @@ def _local_teacher(path: str, device: str, dtype: str) -> WhiteBoxTeacher:
     model = models.load_causal_lm(path, dtype=dtype, device=device)
     model.requires_grad_(False)
     identity = {"name": "hf", "model": path, "hash": model_folder_hash(path)}
-    from .student import load_tokenizer
-
-    return WhiteBoxTeacher(model, load_tokenizer(path), identity)
+    return WhiteBoxTeacher(model, models.load_tokenizer(path, shared=True), identity)
 
 
 def _wrap_plugin(plugin: Any, model_name: str, name: str) -> WhiteBoxTeacher | ScoringTeacher:
@@ -466,15 +434,11 @@ def teacher_logits_command(
     overrides: tuple[str, ...],
 ) -> None:
     """Cache the teacher's top-k next-token log-probabilities for every token of a dataset."""
-    from ..cli import fail
-    from ..config import ConfigError, load_config
-    from ..plugins import PluginError
+    from ..config import load_config
 
-    try:
+    with one_line_errors():
         config = load_config(config_path, overrides, {"teacher_logits.top_k": top_k})
         manifest = cache_teacher_logits(config, data=data, out=out, teacher=teacher)
-    except (ConfigError, PluginError, CacheError, FileNotFoundError, ValueError, OSError) as exc:
-        fail(str(exc))
     positions = sum(s["positions"] for s in manifest["shards"])
     click.echo(
         f"cached top-{manifest['top_k']} teacher log-probs for {manifest['num_examples']} "

