@@ -63,11 +63,7 @@ def resolve_tokenizer(config: Config, tokenizer: str | None = None) -> str:
 
     name = tokenizer or config.processing.tokenizer or config.student.tokenizer
     name = name or config.student.path
-    if name is None or str(name).lower() in {"smollm2", "default"}:
-        return str(models.default_teacher_path(config.paths.cache))
-    if str(name).lower() == "qwen3":
-        return str(models.qwen3_tokenizer_path())
-    return str(name)
+    return models.resolve_tokenizer_path(name, config.paths.cache)
 
 
 def other_detector(name: str) -> str:
@@ -75,22 +71,17 @@ def other_detector(name: str) -> str:
     return "regex" if name == "structured" else "structured"
 
 
-_TOKENIZERS: dict[str, Any] = {}
-
-
 def load_tokenizer(path: str) -> Any:
-    """A fast tokenizer (offset mappings need one), loaded once per process."""
-    if path not in _TOKENIZERS:
-        from transformers import AutoTokenizer
+    """A fast tokenizer (offset mappings need one), shared by every reader in this process."""
+    from ..models import load_tokenizer as load
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise ProcessError(f"tokenizer {path}: cannot load: {exc}") from exc
-        if not getattr(tokenizer, "is_fast", False):
-            raise ProcessError(
-                f"tokenizer {path} is not a fast tokenizer; character offsets need one "
-                "(a folder with tokenizer.json)"
-            )
-        _TOKENIZERS[path] = tokenizer
-    return _TOKENIZERS[path]
+    try:
+        tokenizer = load(path, shared=True)
+    except (OSError, ValueError) as exc:
+        raise ProcessError(f"tokenizer {path}: cannot load: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ProcessError(
+            f"tokenizer {path} is not a fast tokenizer; character offsets need one "
+            "(a folder with tokenizer.json)"
+        )
+    return tokenizer
