@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
+from .protocols import KINDS
 
 # name -> "module:attribute" of a click command; imported lazily.
 COMMANDS: dict[str, str] = {
@@ -71,12 +72,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 # ---------------------------------------------------------------------------- plugins
 
-_KIND_CHOICES = ["teacher", "tool", "span_detector", "loss", "weighting"]
-
 
 @click.command("plugins")
 @click.option("--all", "show_all", is_flag=True, help="Include built-in plugins.")
-@click.option("--kind", type=click.Choice(_KIND_CHOICES), help="Only plugins giving this kind.")
+@click.option("--kind", type=click.Choice(KINDS), help="Only plugins giving this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def plugins_command(show_all: bool, kind: str | None, as_json: bool) -> None:
     """List installed plugins, their components and load errors."""
