@@ -1,40 +1,36 @@
 """Stage 1, ``deepcoder generate``: the teacher solves problems as a ReAct agent; trajectories out.
 
-Two schedules, chosen by what the teacher offers:
-
-- remote teachers (Groq, OpenAI-compatible servers, replay): each agent runs in a thread of
-  a pool of ``generation.concurrency``, so that many requests are in flight at once;
-- local teachers (those with ``complete_batch``, e.g. ``hf``): all active agents advance
-  together, one batched generate call per step, and finished agents are replaced at once.
+The agents run on one of the two schedules of :mod:`deepcoder_core.agent.schedule`, chosen
+by what the teacher offers: threads for remote teachers (``generation.concurrency`` requests
+in flight), batched steps for local ones with ``complete_batch``.
 
 The output is append-only JSONL (:class:`~deepcoder_core.io.JsonlWriter`): each trajectory
 is flushed and fsynced when it ends, a truncated last line left by a kill is cut on the
 next open, and ``resume`` skips the ``(problem, sample)`` pairs already written. A teacher
 error (after the teacher's own retries) is recorded on its trajectory and generation goes
-on; a fatal one (bad key, unknown model) stops the run. The summary JSON
-(``out.with_suffix(".summary.json")``) describes every trajectory in the output file.
+on; a fatal one (bad key, unknown model) stops the run (:class:`GenerationError`). The
+summary JSON (``out.with_suffix(".summary.json")``) describes every trajectory in the output
+file.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .config import Config, ConfigError
+from .errors import StageError
 from .io import BadLine, JsonlWriter, atomic_write_json, read_jsonl
-from .plugins import PluginError
 from .teachers import TeacherError
 
 SUMMARY_SCHEMA = 1
 
 
-class GenerationError(RuntimeError):
+class GenerationError(StageError):
     """Generation cannot go on (a fatal teacher error, bad options); the message says why."""
 
 
@@ -79,11 +75,6 @@ def existing_pairs(out: Path, bad: list[BadLine] | None = None) -> set[tuple[str
         return set()
     bad = [] if bad is None else bad
     return {(str(r.get("problem_id")), int(r.get("sample") or 0)) for _, r in read_jsonl(out, bad)}
-
-
-def _teacher_error_text(exc: BaseException) -> str:
-    kind = exc.kind if isinstance(exc, TeacherError) else type(exc).__name__
-    return f"teacher error ({kind}): {exc}"
 
 
 class _Live:
@@ -157,7 +148,7 @@ def generate(
     ``config.teacher``. Returns the summary, also written to ``out.with_suffix(".summary.json")``.
     Raises :class:`GenerationError` on a fatal teacher error, PluginError/ConfigError on bad options.
     """
-    from .agent import STOP, AgentRun, build_tools
+    from .agent import STOP, build_tools, run_agents
     from .config import snapshot
     from .plugins import build
 
@@ -180,7 +171,7 @@ def generate(
     bad: list[BadLine] = []
     done_pairs = existing_pairs(out, bad) if resume else set()
     pairs = [(p, s) for p in problems for s in range(gen.samples_per_problem)]
-    pending = deque((p, s) for p, s in pairs if (p.id, s) not in done_pairs)
+    pending = [(p, s) for p, s in pairs if (p.id, s) not in done_pairs]
     skipped = len(pairs) - len(pending)
 
     params: dict[str, Any] = {
@@ -199,16 +190,6 @@ def generate(
     bar = _progress(progress, len(pairs), skipped)
     failed_ids: set[str] = set()
 
-    def start(problem: Any, sample: int) -> Any:
-        return AgentRun(
-            problem,
-            info,
-            tools,
-            config.agent,
-            sample=sample,
-            trajectory_id=f"{problem.id}#{sample}",
-        )
-
     with JsonlWriter(out) as writer:
 
         def record(run: Any) -> None:
@@ -221,10 +202,19 @@ def generate(
         if bar is not None:
             bar[0].start()
         try:
-            if callable(getattr(teacher, "complete_batch", None)):
-                run_batched(teacher, pending, start, record, params, gen, failed_ids)
-            else:
-                run_concurrent(teacher, pending, start, record, params, gen, failed_ids)
+            run_agents(
+                teacher,
+                pending,
+                record,
+                info=info,
+                tools=tools,
+                agent=config.agent,
+                concurrency=gen.concurrency,
+                seed=gen.seed,
+                failed_ids=failed_ids,
+            )
+        except TeacherError as exc:  # a fatal one: every later call would fail the same way
+            raise GenerationError(f"generation stopped: {exc}") from exc
         finally:
             if bar is not None:
                 bar[0].stop()
@@ -246,97 +236,13 @@ def generate(
     return summary
 
 
-def run_concurrent(
-    teacher: Any,
-    pending: deque,
-    start: Callable[[Any, int], Any],
-    record: Callable[[Any], None],
-    params: dict[str, Any],
-    gen: Any,
-    failed_ids: set[str],
-) -> None:
-    """One thread per agent, ``concurrency`` at a time; records are written from this thread."""
-    keyed = bool(getattr(teacher, "replays", False))
-
-    def drive(problem: Any, sample: int) -> Any:
-        run = start(problem, sample)
-        while not run.done:
-            extra = {"key": (problem.id, sample, len(run.steps))} if keyed else {}
-            try:
-                completion = teacher.complete(run.messages, **params, **extra)
-            except TeacherError as exc:
-                if exc.fatal:
-                    raise
-                failed_ids.add(run.id)
-                run.fail(_teacher_error_text(exc))
-                break
-            except Exception as exc:  # an unexpected teacher fault is this trajectory's error
-                failed_ids.add(run.id)
-                run.fail(_teacher_error_text(exc))
-                break
-            run.advance(completion)
-        run.finish()  # checks the answer here, in the agent's thread, not the writer's
-        return run
-
-    with ThreadPoolExecutor(max_workers=gen.concurrency, thread_name_prefix="agent") as pool:
-        running = set()
-        try:
-            while pending or running:
-                while pending and len(running) < gen.concurrency:
-                    running.add(pool.submit(drive, *pending.popleft()))
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    try:
-                        run = future.result()
-                    except TeacherError as exc:
-                        raise GenerationError(f"generation stopped: {exc}") from exc
-                    record(run)
-        finally:
-            for future in running:
-                future.cancel()
-
-
-def run_batched(
-    teacher: Any,
-    pending: deque,
-    start: Callable[[Any, int], Any],
-    record: Callable[[Any], None],
-    params: dict[str, Any],
-    gen: Any,
-    failed_ids: set[str],
-) -> None:
-    """All active agents step together: one ``complete_batch`` call per step of the batch."""
-    import torch
-
-    torch.manual_seed(gen.seed)  # sampling in one process: seed once, not per call
-    active: list[Any] = []
-    with ThreadPoolExecutor(max_workers=min(8, gen.concurrency), thread_name_prefix="tool") as pool:
-        while pending or active:
-            while pending and len(active) < gen.concurrency:
-                active.append(start(*pending.popleft()))
-            try:
-                completions = teacher.complete_batch([run.messages for run in active], **params)
-            except TeacherError as exc:
-                if exc.fatal:
-                    raise GenerationError(f"generation stopped: {exc}") from exc
-                completions = None
-                error = exc
-            except Exception as exc:  # a local model fault fails this batch's trajectories only
-                completions = None
-                error = exc
-            if completions is None:
-                for run in active:
-                    failed_ids.add(run.id)
-                    run.fail(_teacher_error_text(error))
-            else:
-                # Tools (the sandbox) run in parallel; the model is idle meanwhile anyway.
-                list(
-                    pool.map(lambda rc: rc[0].advance(rc[1]), zip(active, completions, strict=True))
-                )
-            finished = [run for run in active if run.done]
-            active = [run for run in active if not run.done]
-            for run in pool.map(lambda r: (r.finish(), r)[1], finished):
-                record(run)
+def teacher_failure(summary: dict[str, Any]) -> str | None:
+    """When every trajectory written this run ended with a teacher error: their kinds, e.g.
+    ``"teacher:connection"`` (nothing reached the agent, so a caller should stop); else None."""
+    written = summary.get("written_this_run", 0)
+    if not written or summary.get("teacher_failed_this_run") != written:
+        return None
+    return ", ".join(k for k in summary.get("errors_by_kind", {}) if k.startswith("teacher:"))
 
 
 def _rate(success: int, n: int) -> float | None:
@@ -417,43 +323,36 @@ def generate_command(
     """Run the teacher as a ReAct agent on problems; write trajectories (JSONL) and a summary."""
     import json
 
-    from .cli import fail
     from .config import apply_sandbox, load_config
-    from .problems import ProblemError, resolve_problems
+    from .plugins import PluginError
+    from .problems import resolve_problems
 
+    config = load_config(config_path, overrides)
+    flags = {
+        "teacher.name": teacher,
+        "generation.problems": problems_source,
+        "generation.concurrency": concurrency,
+        "generation.samples_per_problem": samples_per_problem,
+        "generation.temperature": temperature,
+        "agent.max_steps": max_steps,
+    }
+    # Another teacher than the file's: the file's options belong to its teacher, not this one.
+    if (
+        teacher
+        and teacher != config.teacher.name
+        and not any(o.startswith("teacher.options") for o in overrides)
+    ):
+        flags["teacher.options"] = {}
+    config = load_config(config_path, overrides, flags=flags)
+    apply_sandbox(config)
+    shard_spec = parse_shard(shard)
+    gen = config.generation
+    problems = resolve_problems(gen.problems, gen.split, gen.limit)
+    if not problems:
+        raise ConfigError(
+            f"no problems to generate from {gen.problems or 'bundled'} (split={gen.split})"
+        )
     try:
-        config = load_config(config_path, overrides)
-        flags = {
-            "teacher.name": teacher,
-            "generation.problems": problems_source,
-            "generation.concurrency": concurrency,
-            "generation.samples_per_problem": samples_per_problem,
-            "generation.temperature": temperature,
-            "agent.max_steps": max_steps,
-        }
-        # Another teacher than the file's: the file's options belong to its teacher, not this one.
-        if (
-            teacher
-            and teacher != config.teacher.name
-            and not any(o.startswith("teacher.options") for o in overrides)
-        ):
-            flags["teacher.options"] = {}
-        config = load_config(config_path, overrides, flags=flags)
-        apply_sandbox(config)
-        shard_spec = parse_shard(shard)
-        gen = config.generation
-        problems = [
-            p
-            for p in resolve_problems(gen.problems)
-            if gen.split is None or p.split in (None, gen.split)  # as `deepcoder run` selects
-        ]
-        if gen.limit is not None:
-            problems = problems[: gen.limit]
-        if not problems:
-            raise ConfigError(
-                f"no problems to generate from {config.generation.problems or 'bundled'} "
-                f"(split={config.generation.split})"
-            )
         summary = generate(
             config,
             problems=problems,
@@ -462,17 +361,15 @@ def generate_command(
             shard=shard_spec,
             progress=progress,
         )
-    except (ConfigError, PluginError, ProblemError, GenerationError, TeacherError) as exc:
-        fail(str(exc))
+    except (PluginError, TeacherError) as exc:  # building the teacher or its tools
+        raise GenerationError(str(exc)) from None
     brief = {k: summary[k] for k in ("trajectories", "success", "success_rate", "with_error")}
     brief.update(written=summary["written_this_run"], retries=summary["retries"])
     click.echo(json.dumps(brief))
     click.echo(f"wrote {out}; summary {summary_path(Path(out))}", err=True)
-    if (
-        summary["written_this_run"]
-        and summary["teacher_failed_this_run"] == summary["written_this_run"]
-    ):
-        kinds = ", ".join(k for k in summary["errors_by_kind"] if k.startswith("teacher:"))
-        fail(
-            f"every trajectory of this run failed with a teacher error ({kinds}); see {out}", code=1
+    kinds = teacher_failure(summary)
+    if kinds is not None:
+        raise GenerationError(
+            f"every trajectory of this run failed with a teacher error ({kinds}); see {out}",
+            exit_code=1,
         )

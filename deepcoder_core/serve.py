@@ -34,6 +34,7 @@ from typing import Any
 
 import click
 
+from .errors import DeepcoderError
 from .io import atomic_write_json
 
 SCHEMA = 1
@@ -47,7 +48,7 @@ BACKEND_PACKAGES = {
 LOG_TAIL_LINES = 20
 
 
-class ServerError(RuntimeError):
+class ServerError(DeepcoderError):
     """A server could not be started, found or stopped; the message says what to do."""
 
 
@@ -633,13 +634,9 @@ def _with_config(func: Callable) -> Callable:
 
 
 def _load(config_path: str | None, overrides: tuple[str, ...], flags: dict[str, Any]) -> Any:
-    from .cli import fail
-    from .config import ConfigError, load_config
+    from .config import load_config
 
-    try:
-        return load_config(config_path, overrides, flags=flags)
-    except ConfigError as exc:
-        fail(str(exc))
+    return load_config(config_path, overrides, flags=flags)
 
 
 def _state_dir(config: Any) -> Path:
@@ -689,8 +686,6 @@ def start_command(
     overrides: tuple[str, ...],
 ) -> None:
     """Start a server detached and wait until it answers a one-token generation."""
-    from .cli import fail
-
     flags = {
         "server.backend": backend,
         "server.model": model,
@@ -707,7 +702,9 @@ def start_command(
     section = config.server
     model_path = section.model or config.student.path
     if not model_path:
-        fail("no model to serve: pass --model PATH (or set server.model / student.path)")
+        raise ServerError(
+            "no model to serve: pass --model PATH (or set server.model / student.path)"
+        )
     extra = list(section.extra_args)
     for item in extra_args:
         extra += shlex.split(item)
@@ -727,17 +724,14 @@ def start_command(
         f"{_state_dir(config) / f'{spec.port}.log'}) ...",
         err=True,
     )
-    try:
-        state = start_server(
-            spec,
-            _state_dir(config),
-            timeout=section.startup_timeout,
-            watch=section.watch,
-            backoff=section.restart_backoff,
-            backoff_max=section.restart_backoff_max,
-        )
-    except ServerError as exc:
-        fail(str(exc))
+    state = start_server(
+        spec,
+        _state_dir(config),
+        timeout=section.startup_timeout,
+        watch=section.watch,
+        backoff=section.restart_backoff,
+        backoff_max=section.restart_backoff_max,
+    )
     watching = " (watched)" if state["watch_pid"] else ""
     click.echo(f"Ready: {state['url']}  pid {state['pid']}{watching}  model {state['model']}")
 
@@ -768,8 +762,6 @@ def stop_command(
     overrides: tuple[str, ...],
 ) -> None:
     """Stop a server: SIGTERM to its process group, SIGKILL after the grace period."""
-    from .cli import fail
-
     config = _load(config_path, overrides, {"server.stop_grace": grace})
     directory = _state_dir(config)
     if stop_all:
@@ -777,12 +769,11 @@ def stop_command(
     else:
         paths = [_port_path(config, port)]
         if not paths[0].exists():
-            fail(f"no server recorded on port {paths[0].stem} (see `deepcoder server status`)")
+            raise ServerError(
+                f"no server recorded on port {paths[0].stem} (see `deepcoder server status`)"
+            )
     for path in paths:
-        try:
-            result = stop_server(path, grace=config.server.stop_grace)
-        except ServerError as exc:
-            fail(str(exc))
+        result = stop_server(path, grace=config.server.stop_grace)
         how = "was not running" if result["signal"] == "none" else f"stopped ({result['signal']})"
         click.echo(f"port {result['port']}: pid {result['pid']} {how}")
 
@@ -795,17 +786,12 @@ def status_command(
     port: int | None, as_json: bool, config_path: str | None, overrides: tuple[str, ...]
 ) -> None:
     """Show recorded servers: pid, backend, model, port, uptime, health, restarts."""
-    from .cli import fail
-
     config = _load(config_path, overrides, {})
-    try:
-        if port is not None:
-            state = read_state(_port_path(config, port))
-            states = [state] if state else []
-        else:
-            states = list_states(_state_dir(config))
-    except ServerError as exc:
-        fail(str(exc))
+    if port is not None:
+        state = read_state(_port_path(config, port))
+        states = [state] if state else []
+    else:
+        states = list_states(_state_dir(config))
     rows = [describe(state) for state in states]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -836,13 +822,11 @@ def logs_command(
     overrides: tuple[str, ...],
 ) -> None:
     """Print the end of a server's log (and follow it with -f)."""
-    from .cli import fail
-
     config = _load(config_path, overrides, {})
     path = _port_path(config, port)
     log = path.with_suffix(".log")
     if not log.exists():
-        fail(f"no log for port {path.stem} at {log} (see `deepcoder server status`)")
+        raise ServerError(f"no log for port {path.stem} at {log} (see `deepcoder server status`)")
     tail = log_tail(log, lines)
     if tail:
         click.echo(tail)

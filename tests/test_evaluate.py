@@ -26,6 +26,7 @@ from deepcoder_core.evaluate import (
 from deepcoder_core.plugins import get_plugin_manager
 from deepcoder_core.problems import Problem
 from deepcoder_core.protocols import Completion, Usage
+from deepcoder_core.teachers import TeacherError
 
 # ---------------------------------------------------------------------------- pass@k
 
@@ -215,6 +216,18 @@ class FailingTeacher(ScriptedTeacher):
         raise ConnectionError("server went away")
 
 
+class RefusingTeacher(ScriptedTeacher):
+    """A fatal teacher error (a bad key): every later call would fail the same way."""
+
+    def complete(self, messages, **params):
+        raise TeacherError("fake: authentication failed", kind="auth", fatal=True)
+
+
+class RefusingBatchTeacher(RefusingTeacher):
+    def complete_batch(self, batch, **params):
+        return [self.complete(m) for m in batch]
+
+
 class OracleTeacher:
     """Answers HumanEval and bundled problems with their canonical solutions."""
 
@@ -240,6 +253,8 @@ class _Plugin:
         register("scripted", ScriptedTeacher)
         register("batch", BatchTeacher)
         register("failing", FailingTeacher)
+        register("refusing", RefusingTeacher)
+        register("refusing-batch", RefusingBatchTeacher)
         register("oracle", OracleTeacher)
 
 
@@ -340,6 +355,38 @@ def test_teacher_failures_are_recorded_not_raised(config, tmp_path):
     )
     overall = report["models"]["down"]["overall"]
     assert overall["pass@1"] == 0.0 and overall["teacher_error_rate"] == 1.0
+
+
+@pytest.mark.parametrize("teacher", ["refusing", "refusing-batch"])
+def test_a_fatal_teacher_error_stops_that_model(config, tmp_path, teacher):
+    with pytest.raises(EvalError, match=r"model 'm': fake: authentication failed"):
+        evaluate(
+            config,
+            models={"m": {"teacher": teacher}},
+            problems=PROBLEMS,
+            out=tmp_path,
+            samples=1,
+            ks=[1],
+            progress=False,
+        )
+
+
+def test_evaluation_does_not_import_generation():
+    """The agent schedules live in deepcoder_core.agent: eval does not depend on stage 1."""
+    import ast
+    from pathlib import Path
+
+    import deepcoder_core.evaluate
+
+    for path in Path(deepcoder_core.evaluate.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            assert all(m.split(".")[-1] != "generate" for m in modules), path
 
 
 def test_evaluate_rejects_k_above_samples_and_unknown_teacher(config, tmp_path):

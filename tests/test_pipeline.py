@@ -89,6 +89,7 @@ def test_whole_pipeline_then_skip_then_force(tiny_setup):
     assert len(metrics) >= 4
     report = json.loads((out / "eval" / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "baseline", "student"}
+    assert f"problems from `{root / 'problems.jsonl'}`" in (out / "eval" / "report.md").read_text()
     text = (out / "report.md").read_text()
     assert "| teacher |" in text and "| student |" in text and "| baseline |" in text
     assert (out / "plots" / "pass_rates.png").exists() and (
@@ -294,3 +295,65 @@ def test_sandbox_section_reaches_the_sandbox_in_commands_that_run_code(tmp_path,
         result = CliRunner().invoke(cli, [*args, "--config", str(path)], input="1")
         assert result.exit_code == 2 and "Traceback" not in result.output, (name, result.output)
         assert calls == [expected], name
+
+
+# ---------------------------------------------------------------------------- stage plumbing
+
+
+def test_discard_removes_the_output_and_the_files_beside_it(tmp_path):
+    from deepcoder_core.pipeline import _discard
+
+    output = tmp_path / "trajectories.jsonl"
+    beside = [tmp_path / "trajectories.summary.json", tmp_path / "trajectories.config.yaml"]
+    for path in (output, *beside):
+        path.write_text("{}")
+    _discard(output)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_stage_names_its_problem_set(tmp_path, monkeypatch):
+    """Before, eval/report.md of a run said "problems from `None`"."""
+    import deepcoder_core.evaluate
+    from deepcoder_core.config import load_config
+    from deepcoder_core.pipeline import RunContext, _eval
+
+    calls = []
+    monkeypatch.setattr(deepcoder_core.evaluate, "evaluate", lambda *a, **kw: calls.append(kw))
+    student = ["student.path=" + str(tmp_path / "student")]
+    for problems, source in ((None, "bundled"), (tmp_path / "p.jsonl", str(tmp_path / "p.jsonl"))):
+        if problems is not None:
+            problems.write_text(json.dumps(bundled_problems("eval")[0].to_dict()) + "\n")
+        setting = [f"eval.problems={problems}"] if problems else []
+        _eval(RunContext(load_config(None, [*student, *setting], environ={}), tmp_path))
+        assert calls[-1]["source"] == source
+
+
+def _stage_errors():
+    from deepcoder_core.errors import StageError
+    from deepcoder_core.evaluate import EvalError
+    from deepcoder_core.generate import GenerationError
+    from deepcoder_core.process import ProcessError
+
+    message = "the teacher refused: bad key"
+    return [
+        (GenerationError(message), 2),
+        (EvalError(message), 2),
+        (ProcessError(message), 2),
+        (StageError(message, exit_code=3), 3),
+    ]
+
+
+@pytest.mark.parametrize(("error", "exit_code"), _stage_errors())
+def test_a_stage_error_ends_the_run_in_one_line(tmp_path, recording, monkeypatch, error, exit_code):
+    def failing_generate(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("deepcoder_core.generate.generate", failing_generate)
+    out = tmp_path / "run"
+    args = ["run", "--out", str(out), "--teacher", "replay", "--loss", "ce"]
+    args += ["--student", str(tmp_path / "student"), "--set", "processing.tokenizer=qwen3"]
+    args += ["--set", f"teacher.options.trajectories={recording}"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)  # a traceback would raise
+    assert result.exit_code == exit_code, result.output
+    assert result.output.strip().splitlines()[-1] == f"Error: {error}"
+    assert json.loads((out / "state.json").read_text())["stages"]["generate"]["status"] == "running"

@@ -68,3 +68,33 @@ def test_importing_report_does_not_import_matplotlib():
     code = "import sys, deepcoder_core.report; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_run_report_reads_the_training_metric_names(tmp_path):
+    """The run report follows train's vocabulary: ``divergence/<span>``, ``span_divergence``."""
+    import json
+
+    from deepcoder_core.config import load_config
+    from deepcoder_core.distill.metrics import span_key
+    from deepcoder_core.run_report import write_run_report
+
+    train = tmp_path / "train"
+    train.mkdir()
+    rows = [
+        {"step": step, "loss": loss, span_key("divergence", "reasoning"): loss / 2}
+        for step, loss in ((1, 2.0), (2, 1.0))
+    ]
+    (train / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {
+        "steps": 2,
+        "signal": "topk",
+        "loss": {"first": 2.0, "last": 1.0},
+        "span_divergence": {"reasoning": {"first": 1.0, "last": 0.5}},
+    }
+    (train / "summary.json").write_text(json.dumps(summary))
+    result = write_run_report(tmp_path, {"stages": {}}, load_config(None, [], environ={}))
+    assert result["plots"] == ["span_loss.png"]
+    assert (tmp_path / "plots" / "span_loss.png").read_bytes()[:8] == PNG
+    text = (tmp_path / "report.md").read_text()
+    assert "| span | divergence, first | divergence, last |" in text
+    assert "| reasoning | 1.0000 | 0.5000 |" in text

@@ -360,6 +360,21 @@ def test_cli_start_status_logs_stop(fake, tmp_path):
     assert missing.exit_code == 2 and "no server recorded on port 1" in missing.output
 
 
+def test_cli_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    common = ["--set", f"paths.cache={tmp_path / 'cache'}"]
+    cases = {
+        "no model to serve: pass --model PATH": ["server", "start", *common],
+        "no log for port 1 at": ["server", "logs", "--port", "1", *common],
+        "no server recorded on port 1": ["server", "stop", "--port", "1", *common],
+        "server.port": ["server", "status", "--set", "server.port=nope"],
+    }
+    for message, args in cases.items():
+        result = runner.invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.startswith("Error: ") and message in result.output, result.output
+
+
 # ---------------------------------------------------------------------------- real backend
 
 

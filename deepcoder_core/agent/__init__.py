@@ -12,11 +12,14 @@ teacher, and at the end a recorded error.
 - :mod:`.loop`: :class:`AgentRun` (one trajectory as a state machine), :func:`run_agent`,
   the system prompt and :func:`build_tools`; the record it writes is
   :class:`deepcoder_core.records.Trajectory`.
+- :mod:`.schedule`: running many agents at once (:func:`run_agents`: threads for remote
+  teachers, batched steps for local ones), shared by generation and evaluation.
 """
 
 from ..react_format import STOP
 from .loop import AgentRun, build_tools, problem_message, run_agent, system_prompt
 from .react import ParsedStep, code_blocks, extract_code, parse_step, tool_calls_from
+from .schedule import run_agents, run_batched, run_concurrent, teacher_error_text
 
 __all__ = [
     "STOP",
@@ -28,6 +31,10 @@ __all__ = [
     "parse_step",
     "problem_message",
     "run_agent",
+    "run_agents",
+    "run_batched",
+    "run_concurrent",
     "system_prompt",
+    "teacher_error_text",
     "tool_calls_from",
 ]

@@ -1,0 +1,179 @@
+"""How many agents run at once, and how their teacher calls are made: the two schedules.
+
+Generation and evaluation both hand their ``(problem, sample)`` jobs to :func:`run_agents`,
+which starts an :class:`~deepcoder_core.agent.AgentRun` for each and picks the schedule by
+what the teacher offers:
+
+- :func:`run_concurrent` for remote teachers (Groq, OpenAI-compatible servers, replay): each
+  agent runs in a thread of a pool of ``concurrency``, so that many requests are in flight;
+- :func:`run_batched` for local teachers with ``complete_batch`` (``hf``): all active agents
+  step together, one batched generate call per step, finished agents replaced at once.
+
+A teacher error ends only its own trajectory (recorded as ``teacher error (<kind>): ...``);
+a fatal :class:`~deepcoder_core.teachers.TeacherError` (bad key, unknown model) is raised to
+the caller, which says what stopped (``GenerationError``, ``EvalError``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Any
+
+from ..teachers import TeacherError
+from .loop import AgentRun
+
+if TYPE_CHECKING:
+    from ..config import AgentConfig
+    from ..problems import Problem
+
+Start = Callable[[Any, int], AgentRun]
+"""``start(problem, sample)``: a new run."""
+Record = Callable[[AgentRun], None]
+"""``record(run)``: called in the caller's thread with each finished run (writes its line)."""
+
+
+def teacher_error_text(exc: BaseException) -> str:
+    """The ``error`` of a trajectory that a teacher failure ended."""
+    kind = exc.kind if isinstance(exc, TeacherError) else type(exc).__name__
+    return f"teacher error ({kind}): {exc}"
+
+
+def _fatal(exc: BaseException) -> bool:
+    return isinstance(exc, TeacherError) and exc.fatal
+
+
+def run_agents(
+    teacher: Any,
+    jobs: Iterable[tuple[Problem, int]],
+    record: Record,
+    *,
+    info: dict[str, Any],
+    tools: dict[str, Any],
+    agent: AgentConfig,
+    concurrency: int,
+    seed: int,
+    id_prefix: str = "",
+    failed_ids: set[str] | None = None,
+) -> None:
+    """Run one agent per ``(problem, sample)`` of ``jobs`` to its end; batched if the teacher
+    has ``complete_batch``, else threaded.
+
+    ``info`` is the trajectories' ``teacher`` field; its ``params`` are the sampling params
+    sent with every call. Trajectory ids are ``<id_prefix><problem_id>#<sample>``. The ids of
+    runs a teacher error ended are added to ``failed_ids``.
+    """
+
+    def start(problem: Problem, sample: int) -> AgentRun:
+        trajectory_id = f"{id_prefix}{problem.id}#{sample}"
+        return AgentRun(problem, info, tools, agent, sample=sample, trajectory_id=trajectory_id)
+
+    pending, params = deque(jobs), info["params"]
+    failed = set() if failed_ids is None else failed_ids
+    if callable(getattr(teacher, "complete_batch", None)):
+        run_batched(
+            teacher,
+            pending,
+            start,
+            record,
+            params,
+            concurrency=concurrency,
+            seed=seed,
+            failed_ids=failed,
+        )
+    else:
+        run_concurrent(
+            teacher, pending, start, record, params, concurrency=concurrency, failed_ids=failed
+        )
+
+
+def run_concurrent(
+    teacher: Any,
+    pending: deque,
+    start: Start,
+    record: Record,
+    params: dict[str, Any],
+    *,
+    concurrency: int,
+    failed_ids: set[str],
+) -> None:
+    """One thread per agent, ``concurrency`` at a time; records are written from this thread.
+
+    A teacher with ``replays`` also gets ``key=(problem_id, sample, step)`` with each call.
+    """
+    keyed = bool(getattr(teacher, "replays", False))
+
+    def drive(problem: Any, sample: int) -> Any:
+        run = start(problem, sample)
+        while not run.done:
+            extra = {"key": (problem.id, sample, len(run.steps))} if keyed else {}
+            try:
+                completion = teacher.complete(run.messages, **params, **extra)
+            except Exception as exc:  # any teacher fault is this trajectory's error
+                if _fatal(exc):
+                    raise
+                failed_ids.add(run.id)
+                run.fail(teacher_error_text(exc))
+                break
+            run.advance(completion)
+        run.finish()  # checks the answer here, in the agent's thread, not the writer's
+        return run
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="agent") as pool:
+        running = set()
+        try:
+            while pending or running:
+                while pending and len(running) < concurrency:
+                    running.add(pool.submit(drive, *pending.popleft()))
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record(future.result())  # a fatal TeacherError is raised here
+        finally:
+            for future in running:
+                future.cancel()
+
+
+def run_batched(
+    teacher: Any,
+    pending: deque,
+    start: Start,
+    record: Record,
+    params: dict[str, Any],
+    *,
+    concurrency: int,
+    seed: int,
+    failed_ids: set[str],
+) -> None:
+    """All active agents step together: one ``complete_batch`` call per step of the batch.
+
+    Tools of a step run in a pool of ``min(8, concurrency)`` threads.
+    """
+    import torch
+
+    torch.manual_seed(seed)  # sampling in one process: seed once, not per call
+    active: list[Any] = []
+    with ThreadPoolExecutor(max_workers=min(8, concurrency), thread_name_prefix="tool") as pool:
+        while pending or active:
+            while pending and len(active) < concurrency:
+                active.append(start(*pending.popleft()))
+            try:
+                completions = teacher.complete_batch([run.messages for run in active], **params)
+            except Exception as exc:  # a local model fault fails this batch's trajectories only
+                if _fatal(exc):
+                    raise
+                completions = None
+                error = exc
+            if completions is None:
+                for run in active:
+                    failed_ids.add(run.id)
+                    run.fail(teacher_error_text(error))
+            else:
+                # Tools (the sandbox) run in parallel; the model is idle meanwhile anyway.
+                list(
+                    pool.map(lambda rc: rc[0].advance(rc[1]), zip(active, completions, strict=True))
+                )
+            finished = [run for run in active if run.done]
+            active = [run for run in active if not run.done]
+            for run in pool.map(lambda r: (r.finish(), r)[1], finished):
+                record(run)
