@@ -65,7 +65,7 @@ def default_teacher_path(cache: str | os.PathLike | None = None) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF tensors are already de-quantised to float: drop the marker that forbids saving.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as always set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def load_causal_lm(path: str | os.PathLike, *, dtype: str = "float32", device: s
     if str(path).startswith((".", "/", "~")) and not local.expanduser().exists():
         raise ModelAssetError(f"model folder {path} does not exist")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_torch_dtype(dtype))
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # .to's stub wraps the model class
 
 
 def load_tokenizer(path: str | os.PathLike, *, shared: bool = False) -> Any:

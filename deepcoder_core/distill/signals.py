@@ -62,7 +62,7 @@ def _losses_for(available: set[str]) -> list[str]:
         signals = getattr(entry.factory, "signals", None)  # a class attribute, usually
         if signals is None:
             try:
-                signals = getattr(entry.build(), "signals", ())
+                signals = getattr(entry.build(), "signals", None) or ()
             except Exception:  # a plugin that cannot build without options is just not listed
                 continue
         if set(signals) & available:

@@ -201,11 +201,11 @@ def _score_examples(
     """Top-k of positions ``0..len-2`` of each example (one batched forward for white-box teachers)."""
     import torch
 
+    out: list[tuple[Any, Any, Any]] = []
     if isinstance(teacher, ScoringTeacher):
-        out = []
-        for ids in rows:
-            top = teacher.plugin.score(ids, k)
-            n = len(ids) - 1
+        for row in rows:
+            top = teacher.plugin.score(row, k)
+            n = len(row) - 1
             out.append(
                 (
                     torch.as_tensor(top.indices)[:n].to(torch.int32),
@@ -221,14 +221,14 @@ def _score_examples(
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
     hidden = teacher.hidden_states(ids, mask)
-    out = []
     for i, row in enumerate(rows):
         parts = []
         # Chunks keep the float32 logits at O(chunk x V) memory, whatever the sequence length.
         for start in range(0, len(row) - 1, chunk):
             end = min(start + chunk, len(row) - 1)
             parts.append(topk_from_logits(teacher.logits(hidden[i, start:end]), k))
-        out.append(tuple(torch.cat([p[j] for p in parts]).cpu() for j in range(3)))
+        indices, logprobs, tail = (torch.cat([p[j] for p in parts]).cpu() for j in range(3))
+        out.append((indices, logprobs, tail))
     return out
 
 

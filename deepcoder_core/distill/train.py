@@ -142,9 +142,10 @@ def train(
     if hasattr(weighting, "order"):
         columns = [c for c in ORDER_COLUMNS if c in dataset.column_names]
         order = list(weighting.order(dataset.select_columns(columns).to_list()))
-    aligner = (
-        TokenAligner(tokenizer, signal.teacher.tokenizer) if signal.kind == "aligned" else None
-    )
+    aligner = None
+    if signal.kind == "aligned":
+        assert signal.teacher is not None, "an aligned signal comes with its teacher"
+        aligner = TokenAligner(tokenizer, signal.teacher.tokenizer)
     report_to = list(config.training.report_to)
     callbacks: list[Any] = []
     if "tensorboard" in report_to and main:

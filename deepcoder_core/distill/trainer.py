@@ -166,7 +166,7 @@ class DistillTrainer(Trainer):
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         # A curriculum fixes the order in Examples; keep it.
         if getattr(self.train_dataset, "ordered", False):
-            return torch.utils.data.SequentialSampler(self.train_dataset)
+            return torch.utils.data.SequentialSampler(self.train_dataset)  # type: ignore[arg-type]  # Examples is Sized
         return super()._get_train_sampler(train_dataset)
 
     # -------------------------------------------------------------- loss
@@ -245,6 +245,7 @@ class DistillTrainer(Trainer):
             }
         started = time.perf_counter()
         teacher = setup.teacher
+        assert teacher is not None, "a hidden-state signal comes with its teacher"
         if setup.signal == "aligned":
             hidden = teacher.hidden_states(
                 inputs["teacher_input_ids"], inputs["teacher_attention_mask"]
@@ -270,7 +271,7 @@ class DistillTrainer(Trainer):
         self.window_extra[2] += 1
 
     def record_experts(self, router_logits: Any, mask: Any) -> None:
-        config = getattr(self.model, "config", None)
+        config: Any = getattr(self.model, "config", None)
         experts = getattr(config, "num_experts", None) or config.num_local_experts
         load = expert_load(router_logits, mask, config.num_experts_per_tok, experts)
         load = load.double()
