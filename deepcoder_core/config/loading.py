@@ -161,3 +161,16 @@ def snapshot(config: Config, path: str | Path) -> Path:
 
     text = yaml.safe_dump(redact(config.to_dict()), sort_keys=False)
     return atomic_write_text(path, text)
+
+
+def config_options(command: Any) -> Any:
+    """The two options every stage command takes: ``--config FILE`` and repeatable
+    ``--set KEY=VALUE`` (the layers ``load_config`` merges, in that order)."""
+    import click
+
+    command = click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key."
+    )(command)
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config."
+    )(command)

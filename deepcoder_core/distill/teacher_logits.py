@@ -29,7 +29,7 @@ from typing import Any
 
 import click
 
-from ..config import Config
+from ..config import Config, config_options
 from ..io import atomic_write_json
 from .data import load_processed
 from .errors import CacheError, one_line_errors
@@ -423,8 +423,7 @@ class TeacherLogitsCache:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache folder.")
 @click.option("--teacher", help="Teacher plugin name or model folder (default: config teacher).")
 @click.option("--top-k", type=int, help="Tokens kept per position (default: teacher_logits.top_k).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
+@config_options
 def teacher_logits_command(
     data: str,
     out: str,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..config import Config
+from ..config import Config, config_options
 from ..io import atomic_write_json
 from ..protocols import SPAN_NAMES, TrainingState
 from .checkpoint import (
@@ -285,8 +285,7 @@ def summarize(
 @click.option("--weighting", help="Weighting plugin (default: weighting.name).")
 @click.option("--max-steps", type=int, help="Optimizer steps (default: training.max_steps).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
+@config_options
 def train_command(
     data: str,
     out: str,

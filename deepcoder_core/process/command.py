@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..config import load_config
+from ..config import config_options, load_config
 from ..plugins import PluginError
 from ..spans import FORMATS
 from .settings import ProcessError
@@ -31,8 +31,7 @@ from .stage import process
 @click.option(
     "--format", "fmt", type=click.Choice(["auto", *FORMATS]), help="Input format (default: auto)."
 )
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
+@config_options
 def process_command(
     trajectories: str,
     out: str,

@@ -10,26 +10,15 @@ import json
 import os
 import shlex
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..config import config_options
 from .backends import BACKENDS, ServerError, ServerSpec
 from .manager import describe, start_server, stop_server
 from .state import ServerState, list_states, log_path, log_tail, read_state, state_dir, state_path
-
-_config_options = [
-    click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config."),
-    click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key."),
-]
-
-
-def _with_config(func: Callable) -> Callable:
-    for option in reversed(_config_options):
-        func = option(func)
-    return func
 
 
 def _load(config_path: str | None, overrides: tuple[str, ...], flags: dict[str, Any]) -> Any:
@@ -68,7 +57,7 @@ def server_group() -> None:
     "--timeout", type=float, help="Seconds to wait for readiness (server.startup_timeout)."
 )
 @click.option("--watch/--no-watch", default=None, help="Restart the server if it crashes.")
-@_with_config
+@config_options
 def start_command(
     backend: str | None,
     model: str | None,
@@ -152,7 +141,7 @@ def _port_path(config: Any, port: int | None) -> Path:
 @click.option(
     "--grace", type=float, help="Seconds between SIGTERM and SIGKILL (server.stop_grace)."
 )
-@_with_config
+@config_options
 def stop_command(
     port: int | None,
     stop_all: bool,
@@ -180,7 +169,7 @@ def stop_command(
 @server_group.command("status")
 @click.option("--port", type=int, help="Only this port.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-@_with_config
+@config_options
 def status_command(
     port: int | None, as_json: bool, config_path: str | None, overrides: tuple[str, ...]
 ) -> None:
@@ -213,7 +202,7 @@ def status_command(
 @click.option(
     "-f", "--follow", is_flag=True, help="Keep printing new lines until the server stops."
 )
-@_with_config
+@config_options
 def logs_command(
     port: int | None,
     lines: int,
