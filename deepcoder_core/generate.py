@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .config import Config, ConfigError
-from .errors import StageError
+from .errors import RecordError, StageError
 from .io import BadLine, JsonlWriter, atomic_write_json, read_jsonl
+from .records import Trajectory
 from .teachers import TeacherError
 
 SUMMARY_SCHEMA = 1
@@ -69,12 +71,23 @@ def error_kind(error: str | None) -> str | None:
     return "other"
 
 
+def _read_trajectories(path: Path, bad: list[BadLine]) -> Iterator[Trajectory]:
+    """The trajectories of a JSONL file; a line that is not JSON or not a trajectory record
+    (:meth:`Trajectory.from_dict`) goes to ``bad``."""
+    for number, record in read_jsonl(path, errors=bad):
+        try:
+            yield Trajectory.from_dict(record)
+        except RecordError as exc:
+            bad.append(BadLine(str(path), number, str(exc)))
+
+
 def existing_pairs(out: Path, bad: list[BadLine] | None = None) -> set[tuple[str, int]]:
-    """The ``(problem_id, sample)`` pairs already in ``out`` (unreadable lines go to ``bad``)."""
+    """The ``(problem_id, sample)`` pairs already in ``out`` (unreadable lines go to ``bad``,
+    and their pairs are generated again)."""
     if not out.exists():
         return set()
     bad = [] if bad is None else bad
-    return {(str(r.get("problem_id")), int(r.get("sample") or 0)) for _, r in read_jsonl(out, bad)}
+    return {(t.problem_id, t.sample) for t in _read_trajectories(out, bad)}
 
 
 class _Live:
@@ -89,13 +102,12 @@ class _Live:
         self.tokens = 0
         self.started = time.monotonic()
 
-    def add(self, record: dict[str, Any], teacher_failed: bool) -> None:
+    def add(self, trajectory: Trajectory, teacher_failed: bool) -> None:
         self.done += 1
-        self.success += bool(record.get("success"))
+        self.success += trajectory.success
         self.teacher_failed += teacher_failed
-        self.errors += bool(record.get("error"))
-        usage = record.get("usage") or {}
-        self.tokens += int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+        self.errors += bool(trajectory.error)
+        self.tokens += trajectory.prompt_tokens + trajectory.completion_tokens
 
     @property
     def retries(self) -> int:
@@ -193,8 +205,8 @@ def generate(
     with JsonlWriter(out) as writer:
 
         def record(run: Any) -> None:
-            trajectory = run.finish()
-            writer.write(trajectory)
+            trajectory = run.finish_trajectory()
+            writer.write(trajectory.to_dict())
             live.add(trajectory, run.id in failed_ids)
             if bar is not None:
                 bar[0].update(bar[1], advance=1, stats=live.line())
@@ -220,7 +232,7 @@ def generate(
                 bar[0].stop()
 
     summary = summarize(out, bad=bad)
-    stats = getattr(teacher, "stats", None)
+    stats_to_dict = getattr(getattr(teacher, "stats", None), "to_dict", None)
     summary.update(
         teacher=info,
         expected=len(pairs),
@@ -229,7 +241,7 @@ def generate(
         teacher_failed_this_run=live.teacher_failed,
         seconds_this_run=round(time.monotonic() - live.started, 3),
         retries=live.retries,
-        teacher_stats=stats.to_dict() if hasattr(stats, "to_dict") else None,
+        teacher_stats=stats_to_dict() if callable(stats_to_dict) else None,
         shard=f"{shard[0]}/{shard[1]}" if shard else None,
     )
     atomic_write_json(summary_path(out), summary)
@@ -251,21 +263,21 @@ def _rate(success: int, n: int) -> float | None:
 
 def summarize(out: Path, bad: list[BadLine] | None = None) -> dict[str, Any]:
     """Counts, success rate, tokens, time and errors over every trajectory in ``out``."""
-    records = [r for _, r in read_jsonl(out, errors=[])] if out.exists() else []
-    n = len(records)
-    success = sum(bool(r.get("success")) for r in records)
-    prompt = sum(int((r.get("usage") or {}).get("prompt_tokens", 0)) for r in records)
-    completion = sum(int((r.get("usage") or {}).get("completion_tokens", 0)) for r in records)
-    seconds = [float((r.get("timing") or {}).get("seconds", 0.0)) for r in records]
-    steps = [int((r.get("timing") or {}).get("steps", 0)) for r in records]
-    kinds = Counter(k for k in (error_kind(r.get("error")) for r in records) if k)
-    groups: dict[str, dict[str, list[int]]] = {
+    trajectories = list(_read_trajectories(out, [])) if out.exists() else []
+    n = len(trajectories)
+    success = sum(t.success for t in trajectories)
+    prompt = sum(t.prompt_tokens for t in trajectories)
+    completion = sum(t.completion_tokens for t in trajectories)
+    seconds = [t.seconds for t in trajectories]
+    steps = [len(t.steps) for t in trajectories]
+    kinds = Counter(k for k in (error_kind(t.error) for t in trajectories) if k)
+    groups: dict[str, dict[str, list[bool]]] = {
         "category": defaultdict(list),
         "difficulty": defaultdict(list),
     }
-    for r in records:
-        for field in groups:
-            groups[field][str(r.get(field))].append(bool(r.get("success")))
+    for t in trajectories:
+        groups["category"][str(t.category)].append(t.success)
+        groups["difficulty"][str(t.difficulty)].append(t.success)
     by = {
         field: {
             key: {"n": len(v), "success": sum(v), "success_rate": _rate(sum(v), len(v))}
@@ -279,7 +291,7 @@ def summarize(out: Path, bad: list[BadLine] | None = None) -> dict[str, Any]:
         "trajectories": n,
         "success": success,
         "success_rate": _rate(success, n),
-        "with_error": sum(1 for r in records if r.get("error")),
+        "with_error": sum(1 for t in trajectories if t.error),
         "errors_by_kind": dict(kinds.most_common()),
         "tokens": {"prompt": prompt, "completion": completion, "total": prompt + completion},
         "mean_seconds_per_trajectory": round(sum(seconds) / n, 3) if n else None,
@@ -328,7 +340,7 @@ def generate_command(
     from .problems import resolve_problems
 
     config = load_config(config_path, overrides)
-    flags = {
+    flags: dict[str, Any] = {
         "teacher.name": teacher,
         "generation.problems": problems_source,
         "generation.concurrency": concurrency,

@@ -199,7 +199,9 @@ def _parse(source: str, where: str) -> ast.Module:
         ) from None
 
 
-def _defined_names(node: ast.stmt) -> set[str]:
+def _defined_names(
+    node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Assign,
+) -> set[str]:
     if isinstance(node, ast.Assign):
         return {t.id for t in node.targets if isinstance(t, ast.Name)}
     return {node.name}

@@ -18,6 +18,7 @@ from .distill.metrics import span_key
 from .io import read_jsonl
 from .protocols import SPAN_NAMES
 from .report import (
+    Column,
     bar_chart,
     format_value,
     image_link,
@@ -120,7 +121,11 @@ def write_run_report(out: Path, state: dict[str, Any], config: Config) -> dict[s
             f"{training.get('tokens_per_second')} tokens/s.",
         ]
         if span_rows:
-            columns = ["span", ("first", "divergence, first"), ("last", "divergence, last")]
+            columns: list[Column] = [
+                "span",
+                ("first", "divergence, first"),
+                ("last", "divergence, last"),
+            ]
             blocks.append(markdown_table(span_rows, columns, digits=4))
     if curves:
         line_chart(

@@ -26,6 +26,7 @@ from deepcoder_core.evaluate import (
 from deepcoder_core.plugins import get_plugin_manager
 from deepcoder_core.problems import Problem
 from deepcoder_core.protocols import Completion, Usage
+from deepcoder_core.records import Trajectory
 from deepcoder_core.teachers import TeacherError
 
 # ---------------------------------------------------------------------------- pass@k
@@ -93,19 +94,23 @@ def _step(thought, tool=None, code=None, ok=True, reasoning=None):
     }
 
 
+def _trajectory(problem_id="p", **fields):
+    return Trajectory.from_dict({"id": f"{problem_id}#0", "problem_id": problem_id, **fields})
+
+
 def test_agreement_aligns_steps_by_position():
-    teacher = {
-        "steps": [_step("check the sum", "python", "print(1+1)"), _step("done")],
-        "final_answer": "def f():\n    return 2",
-    }
-    student = {
-        "steps": [
+    teacher = _trajectory(
+        steps=[_step("check the sum", "python", "print(1+1)"), _step("done")],
+        final_answer="def f():\n    return 2",
+    )
+    student = _trajectory(
+        steps=[
             _step("check the sum", "python", "print( 1 + 1 )"),  # same action, other layout
             _step("try again", "python", "print(3)"),
             _step("done"),
         ],
-        "final_answer": "def f():\n    return 2  # two",
-    }
+        final_answer="def f():\n    return 2  # two",
+    )
     result = agreement(student, teacher)
     # positions: 3; reasoning scores 1, F1("try again","done")=0, step 3 missing -> 0
     assert result["reasoning_f1"] == pytest.approx(1 / 3)
@@ -119,15 +124,15 @@ def test_agreement_aligns_steps_by_position():
 
 def test_group_metrics_counts_tool_and_format_errors_and_pass_at_k():
     def record(pid, success, steps, error=None):
-        return {
-            "problem_id": pid,
-            "success": success,
-            "steps": steps,
-            "final_answer": "def f(): pass",
-            "tests_passed": 2 if success else 1,
-            "tests_total": 2,
-            "error": error,
-        }
+        return _trajectory(
+            pid,
+            success=success,
+            steps=steps,
+            final_answer="def f(): pass",
+            tests_passed=2 if success else 1,
+            tests_total=2,
+            error=error,
+        )
 
     bad_format = {"thought": "", "action": None, "observation_ok": False, "reasoning": None}
     records = [
@@ -341,6 +346,24 @@ def test_evaluate_agreement_with_teacher_trajectories(config, tmp_path):
     assert agree["trajectories"] == 2
     assert agree["reasoning_f1"] == agree["action_exact"] == agree["answer_match"] == 1.0
     assert "reason F1" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_reference_trajectories_skip_lines_that_are_not_trajectories(tmp_path, capsys):
+    from deepcoder_core.evaluate import reference_trajectories
+
+    solved = _trajectory("a", success=True)
+    lines = [
+        json.dumps({**solved.to_dict(), "success": 1}),
+        "{not json",
+        json.dumps(_trajectory("a").to_dict()),
+        json.dumps(solved.to_dict()),
+    ]
+    path = tmp_path / "teacher.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert reference_trajectories(path) == {"a": solved}
+    warning = capsys.readouterr().err
+    assert "skipped 2 bad lines, first: " in warning
+    assert ":1: field success has type int, expected bool" in warning
 
 
 def test_teacher_failures_are_recorded_not_raised(config, tmp_path):

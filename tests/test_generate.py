@@ -182,6 +182,19 @@ def test_resume_skips_written_pairs_and_drops_a_truncated_line(tmp_path):
     assert len(lines(out)) == 1  # --no-resume starts afresh
 
 
+def test_resume_generates_again_a_line_that_is_not_a_trajectory(tmp_path):
+    out = tmp_path / "traj.jsonl"
+    generate(config(), problems=PROBLEMS[:2], out=out, teacher=Scripted(), progress=False)
+    first, second = out.read_text().splitlines()
+    broken = {**json.loads(second), "success": 1}
+    out.write_text(first + "\n" + json.dumps(broken) + "\n")
+    teacher = Scripted()
+    summary = generate(config(), problems=PROBLEMS[:2], out=out, teacher=teacher, progress=False)
+    assert {c[0] for c in teacher.calls} == {broken["problem_id"]}
+    assert summary["trajectories"] == 2 and summary["success"] == 2
+    assert summary["unreadable_lines"] == [f"{out}:2: field success has type int, expected bool"]
+
+
 def test_shards_partition_the_problems(tmp_path):
     seen = []
     for i in range(2):

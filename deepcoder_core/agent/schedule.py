@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from ..teachers import TeacherError
@@ -104,7 +104,7 @@ def run_concurrent(
     """
     keyed = bool(getattr(teacher, "replays", False))
 
-    def drive(problem: Any, sample: int) -> Any:
+    def drive(problem: Any, sample: int) -> AgentRun:
         run = start(problem, sample)
         while not run.done:
             extra = {"key": (problem.id, sample, len(run.steps))} if keyed else {}
@@ -121,7 +121,7 @@ def run_concurrent(
         return run
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="agent") as pool:
-        running = set()
+        running: set[Future[AgentRun]] = set()
         try:
             while pending or running:
                 while pending and len(running) < concurrency:

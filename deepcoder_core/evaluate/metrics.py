@@ -1,4 +1,5 @@
-"""Evaluation metrics: pure functions of trajectory records, no files, no models.
+"""Evaluation metrics: pure functions of trajectories (:class:`~deepcoder_core.records.Trajectory`),
+no files, no models.
 
 Metrics of a group of problems (definitions also written into the report, see
 :data:`deepcoder_core.evaluate.report.DEFINITIONS`):
@@ -27,6 +28,8 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from ..records import Action, Step, Trajectory
 
 # ---------------------------------------------------------------------------- pass@k
 
@@ -131,39 +134,35 @@ class TokenCounter:
 # ---------------------------------------------------------------------------- per trajectory
 
 
-def step_reasoning(step: dict[str, Any]) -> str:
+def step_reasoning(step: Step) -> str:
     """The reasoning text of a step: its separate thinking, then its thought."""
-    return "\n".join(p for p in (step.get("reasoning"), step.get("thought")) if p)
+    return "\n".join(p for p in (step.reasoning, step.thought) if p)
 
 
-def _action_text(action: dict[str, Any] | None) -> str:
-    return f"{action.get('tool', '')}\n{action.get('input', '')}" if action else ""
+def _action_text(action: Action | None) -> str:
+    return f"{action.tool}\n{action.input}" if action else ""
 
 
-def trajectory_measures(record: dict[str, Any], count: Callable[[str], int]) -> dict[str, Any]:
+def trajectory_measures(trajectory: Trajectory, count: Callable[[str], int]) -> dict[str, Any]:
     """Counts of one trajectory that the group metrics average."""
-    steps = record.get("steps") or []
-    calls = [s for s in steps if s.get("action")]
+    steps = trajectory.steps
+    calls = [s for s in steps if s.action]
     return {
         "steps": len(steps),
         "tool_calls": len(calls),
-        "tool_errors": sum(1 for s in calls if s.get("observation_ok") is False),
-        "format_errors": sum(
-            1 for s in steps if not s.get("action") and s.get("observation_ok") is False
-        ),
+        "tool_errors": sum(1 for s in calls if s.observation_ok is False),
+        "format_errors": sum(1 for s in steps if not s.action and s.observation_ok is False),
         "reasoning_tokens": sum(count(step_reasoning(s)) for s in steps),
-        "action_tokens": sum(count(_action_text(s.get("action"))) for s in steps),
-        "answer_tokens": count(record.get("final_answer") or ""),
+        "action_tokens": sum(count(_action_text(s.action)) for s in steps),
+        "answer_tokens": count(trajectory.final_answer or ""),
         "tests_fraction": (
-            record.get("tests_passed", 0) / record["tests_total"]
-            if record.get("tests_total")
-            else 0.0
+            trajectory.tests_passed / trajectory.tests_total if trajectory.tests_total else 0.0
         ),
-        "teacher_error": str(record.get("error") or "").startswith("teacher error"),
+        "teacher_error": (trajectory.error or "").startswith("teacher error"),
     }
 
 
-def agreement(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, float | None]:
+def agreement(student: Trajectory, teacher: Trajectory) -> dict[str, float | None]:
     """How closely a student trajectory follows the teacher's on the same problem.
 
     Steps are aligned by position: step i of the student with step i of the teacher, over
@@ -178,7 +177,7 @@ def agreement(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, flo
       (layout and comments ignored). None when neither side called a tool.
     - ``answer_match``: 1 when both final answers are the same code after normalization.
     """
-    s_steps, t_steps = student.get("steps") or [], teacher.get("steps") or []
+    s_steps, t_steps = student.steps, teacher.steps
     positions = max(len(s_steps), len(t_steps))
     f1 = rouge = 0.0
     exact = match = 0
@@ -190,19 +189,16 @@ def agreement(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, flo
             a, b = words(step_reasoning(s)), words(step_reasoning(t))
             f1 += token_f1(a, b)
             rouge += rouge_l(a, b)
-        sa = s.get("action") if s else None
-        ta = t.get("action") if t else None
+        sa = s.action if s else None
+        ta = t.action if t else None
         if sa or ta:
             action_positions += 1
-            if sa and ta and sa.get("tool") == ta.get("tool"):
-                exact += sa.get("input") == ta.get("input")
-                match += normalize_code(sa.get("input")) == normalize_code(ta.get("input"))
+            if sa and ta and sa.tool == ta.tool:
+                exact += sa.input == ta.input
+                match += normalize_code(sa.input) == normalize_code(ta.input)
     answer = None
-    if student.get("final_answer") is not None or teacher.get("final_answer") is not None:
-        answer = float(
-            normalize_code(student.get("final_answer"))
-            == normalize_code(teacher.get("final_answer"))
-        )
+    if student.final_answer is not None or teacher.final_answer is not None:
+        answer = float(normalize_code(student.final_answer) == normalize_code(teacher.final_answer))
     return {
         "reasoning_f1": f1 / positions if positions else None,
         "reasoning_rouge_l": rouge / positions if positions else None,
@@ -229,20 +225,20 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def group_metrics(
-    records: list[dict[str, Any]],
+    records: list[Trajectory],
     ks: list[int],
     count: Callable[[str], int],
-    references: dict[str, dict[str, Any]] | None = None,
+    references: dict[str, Trajectory] | None = None,
 ) -> dict[str, Any]:
     """The metrics (module docstring) of the trajectories of one model on one group."""
-    by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_problem: dict[str, list[Trajectory]] = defaultdict(list)
     for record in records:
-        by_problem[record["problem_id"]].append(record)
+        by_problem[record.problem_id].append(record)
     measures = [trajectory_measures(r, count) for r in records]
     out: dict[str, Any] = {"problems": len(by_problem), "trajectories": len(records)}
     for k in ks:
         scores = [
-            pass_at_k(len(rs), sum(1 for r in rs if r.get("success")), k)
+            pass_at_k(len(rs), sum(1 for r in rs if r.success), k)
             for rs in by_problem.values()
             if len(rs) >= k
         ]
@@ -250,7 +246,7 @@ def group_metrics(
     calls = sum(m["tool_calls"] for m in measures)
     steps = sum(m["steps"] for m in measures)
     out.update(
-        success_rate=_mean(float(bool(r.get("success"))) for r in records),
+        success_rate=_mean(float(r.success) for r in records),
         tests_pass_rate=_mean(m["tests_fraction"] for m in measures),
         mean_steps=_mean(m["steps"] for m in measures),
         tool_calls=_mean(m["tool_calls"] for m in measures),
@@ -263,9 +259,7 @@ def group_metrics(
     )
     if references is not None:
         pairs = [
-            agreement(r, references[r["problem_id"]])
-            for r in records
-            if r["problem_id"] in references
+            agreement(r, references[r.problem_id]) for r in records if r.problem_id in references
         ]
         out["agreement"] = {
             "trajectories": len(pairs),
@@ -275,33 +269,28 @@ def group_metrics(
 
 
 def model_report(
-    records: list[dict[str, Any]],
+    records: list[Trajectory],
     ks: list[int],
     count: Callable[[str], int],
-    references: dict[str, dict[str, Any]] | None = None,
+    references: dict[str, Trajectory] | None = None,
     suite_of: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Overall, per-difficulty and per-category metrics, and per-problem n and c; with
     ``suite_of`` (problem id -> problem set name) naming several sets, per set too."""
-    difficulty: dict[str, list] = defaultdict(list)
-    category: dict[str, list] = defaultdict(list)
-    suites: dict[str, list] = defaultdict(list)
+    difficulty: dict[str, list[Trajectory]] = defaultdict(list)
+    category: dict[str, list[Trajectory]] = defaultdict(list)
+    suites: dict[str, list[Trajectory]] = defaultdict(list)
     problems: dict[str, dict[str, Any]] = {}
     for record in records:
-        difficulty[record.get("difficulty") or "unknown"].append(record)
-        category[record.get("category") or "unknown"].append(record)
-        suites[(suite_of or {}).get(record["problem_id"], "problems")].append(record)
+        difficulty[record.difficulty or "unknown"].append(record)
+        category[record.category or "unknown"].append(record)
+        suites[(suite_of or {}).get(record.problem_id, "problems")].append(record)
         entry = problems.setdefault(
-            record["problem_id"],
-            {
-                "n": 0,
-                "c": 0,
-                "category": record.get("category"),
-                "difficulty": record.get("difficulty"),
-            },
+            record.problem_id,
+            {"n": 0, "c": 0, "category": record.category, "difficulty": record.difficulty},
         )
         entry["n"] += 1
-        entry["c"] += bool(record.get("success"))
+        entry["c"] += record.success
     order = {"easy": 0, "medium": 1, "hard": 2}
     by_suite = (
         {name: group_metrics(rs, ks, count, references) for name, rs in suites.items()}

@@ -8,9 +8,12 @@ drawn with the shared helpers of :mod:`deepcoder_core.report`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .metrics import AGREEMENT_KEYS
+
+if TYPE_CHECKING:
+    from ..report import Column
 
 DEFINITIONS = {
     "pass@k": "1 - C(n-c,k)/C(n,k) per problem (n samples, c passing all tests), averaged over "
@@ -56,7 +59,7 @@ def write_report_markdown(report: dict[str, Any], path: Path) -> Path:
     from ..report import image_link, markdown_table, write_markdown
 
     ks = report["ks"]
-    metric_columns = [
+    metric_columns: list[Column] = [
         *[f"pass@{k}" for k in ks],
         ("tests_pass_rate", "tests passed"),
         ("mean_steps", "steps"),

@@ -19,13 +19,16 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import StageError
+from ..errors import RecordError, StageError
+from ..io import BadLine, read_jsonl
+from ..records import Trajectory
 from .metrics import TokenCounter, model_report
 from .report import write_charts, write_report_markdown
 
@@ -40,20 +43,25 @@ class EvalError(StageError):
     """An evaluation that cannot run as asked (bad model spec, k > n, fatal teacher error)."""
 
 
-def reference_trajectories(path: Path) -> dict[str, dict[str, Any]]:
-    """One teacher trajectory per problem: its first successful one, else its first one."""
-    from ..io import BadLine, read_jsonl
+def _read_trajectories(path: Path, bad: list[BadLine]) -> Iterator[Trajectory]:
+    """The trajectories of a JSONL file; a line that is not JSON or not a trajectory record
+    (:meth:`Trajectory.from_dict`) goes to ``bad``."""
+    for number, record in read_jsonl(path, errors=bad):
+        try:
+            yield Trajectory.from_dict(record)
+        except RecordError as exc:
+            bad.append(BadLine(str(path), number, str(exc)))
 
+
+def reference_trajectories(path: Path) -> dict[str, Trajectory]:
+    """One teacher trajectory per problem: its first successful one, else its first one."""
     bad: list[BadLine] = []
-    chosen: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, Trajectory] = {}
     try:
-        for _, record in read_jsonl(path, errors=bad):
-            pid = record.get("problem_id")
-            if pid is None:
-                continue
-            current = chosen.get(pid)
-            if current is None or (record.get("success") and not current.get("success")):
-                chosen[pid] = record
+        for trajectory in _read_trajectories(path, bad):
+            current = chosen.get(trajectory.problem_id)
+            if current is None or (trajectory.success and not current.success):
+                chosen[trajectory.problem_id] = trajectory
     except OSError as exc:
         raise EvalError(f"teacher trajectories {path}: {exc.strerror}") from None
     if bad:
@@ -78,9 +86,9 @@ class _Progress:
         self._last = 0.0
         self._start = time.monotonic()
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, trajectory: Trajectory) -> None:
         self.done += 1
-        self.solved += bool(record.get("success"))
+        self.solved += trajectory.success
         if time.monotonic() - self._last >= 2.0 or self.done == self.total:
             self.show()
 
@@ -106,10 +114,10 @@ def _run_model(
     tools: dict[str, Any],
     directory: Path,
     progress: bool,
-) -> list[dict[str, Any]]:
+) -> list[Trajectory]:
     """All trajectories of one model, reusing those already in its JSONL file."""
     from ..agent import AgentRun, run_agents
-    from ..io import BadLine, JsonlWriter, atomic_write_json, read_jsonl
+    from ..io import JsonlWriter, atomic_write_json
     from ..plugins import PluginError, build
     from ..teachers import TeacherError
 
@@ -123,16 +131,16 @@ def _run_model(
         "tools": sorted(tools),
     }
     fingerprint = _fingerprint(meta)
-    records: dict[tuple[str, int], dict[str, Any]] = {}
+    records: dict[tuple[str, int], Trajectory] = {}
     if path.exists():
         try:
             old = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             old = {}
         if old.get("fingerprint") == fingerprint:
-            bad: list[BadLine] = []
-            for _, record in read_jsonl(path, errors=bad):
-                records[(record.get("problem_id"), record.get("sample", 0))] = record
+            bad: list[BadLine] = []  # an unreadable line's pair is simply run again
+            for trajectory in _read_trajectories(path, bad):
+                records[(trajectory.problem_id, trajectory.sample)] = trajectory
         else:
             path.unlink()  # another model spec or settings: these trajectories do not count
     atomic_write_json(meta_path, {**meta, "fingerprint": fingerprint})
@@ -153,14 +161,12 @@ def _run_model(
             "params": params,
         }
 
-        bar = _Progress(
-            name, len(wanted), len(kept), sum(bool(r.get("success")) for r in kept), progress
-        )
+        bar = _Progress(name, len(wanted), len(kept), sum(t.success for t in kept), progress)
         with JsonlWriter(path) as writer:
 
             def record(run: AgentRun) -> None:
-                trajectory = run.finish()
-                writer.write(trajectory)
+                trajectory = run.finish_trajectory()
+                writer.write(trajectory.to_dict())
                 kept.append(trajectory)
                 bar.add(trajectory)
 
@@ -180,7 +186,7 @@ def _run_model(
                 raise EvalError(f"model '{name}': {exc}") from exc
         del teacher
     order = {p.id: i for i, p in enumerate(problems)}
-    return sorted(kept, key=lambda r: (order[r["problem_id"]], r.get("sample", 0)))
+    return sorted(kept, key=lambda t: (order[t.problem_id], t.sample))
 
 
 def evaluate(
