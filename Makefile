@@ -44,9 +44,13 @@ test: install
 test-all: install
 	$(BIN)/pytest -q
 
+# The plugin modules, one per distribution (their tests are not type-checked).
+PLUGIN_MODULES := $(filter-out %.egg-info/,$(wildcard plugins/*/deepcoder_*.py plugins/*/deepcoder_*/))
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy deepcoder_core $(PLUGIN_MODULES)
 
 format: install
 	$(BIN)/ruff format .

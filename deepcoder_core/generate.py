@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .config import Config, ConfigError
-from .errors import RecordError, StageError
-from .io import BadLine, JsonlWriter, atomic_write_json, read_jsonl
-from .records import Trajectory
+from .errors import StageError
+from .io import BadLine, JsonlWriter, atomic_write_json
+from .records import Trajectory, read_trajectories
 from .teachers import TeacherError
 
 SUMMARY_SCHEMA = 1
@@ -71,23 +70,13 @@ def error_kind(error: str | None) -> str | None:
     return "other"
 
 
-def _read_trajectories(path: Path, bad: list[BadLine]) -> Iterator[Trajectory]:
-    """The trajectories of a JSONL file; a line that is not JSON or not a trajectory record
-    (:meth:`Trajectory.from_dict`) goes to ``bad``."""
-    for number, record in read_jsonl(path, errors=bad):
-        try:
-            yield Trajectory.from_dict(record)
-        except RecordError as exc:
-            bad.append(BadLine(str(path), number, str(exc)))
-
-
 def existing_pairs(out: Path, bad: list[BadLine] | None = None) -> set[tuple[str, int]]:
     """The ``(problem_id, sample)`` pairs already in ``out`` (unreadable lines go to ``bad``,
     and their pairs are generated again)."""
     if not out.exists():
         return set()
     bad = [] if bad is None else bad
-    return {(t.problem_id, t.sample) for t in _read_trajectories(out, bad)}
+    return {(t.problem_id, t.sample) for t in read_trajectories(out, bad)}
 
 
 class _Live:
@@ -263,7 +252,7 @@ def _rate(success: int, n: int) -> float | None:
 
 def summarize(out: Path, bad: list[BadLine] | None = None) -> dict[str, Any]:
     """Counts, success rate, tokens, time and errors over every trajectory in ``out``."""
-    trajectories = list(_read_trajectories(out, [])) if out.exists() else []
+    trajectories = list(read_trajectories(out, [])) if out.exists() else []
     n = len(trajectories)
     success = sum(t.success for t in trajectories)
     prompt = sum(t.prompt_tokens for t in trajectories)

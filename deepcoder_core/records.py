@@ -11,10 +11,15 @@ third-party writer round-trips unchanged through ``to_dict``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import RecordError
+
+if TYPE_CHECKING:
+    from .io import BadLine
 
 TRAJECTORY_SCHEMA = 1
 READABLE_SCHEMAS = (1,)
@@ -208,3 +213,15 @@ class Trajectory:
             "difficulty": self.difficulty,
             **self.extra,
         }
+
+
+def read_trajectories(path: str | Path, bad: list[BadLine]) -> Iterator[Trajectory]:
+    """The trajectories of a JSONL file, in order; a line that is not JSON or not a trajectory
+    record (:meth:`Trajectory.from_dict`) goes to ``bad`` with its line number and reason."""
+    from .io import BadLine, read_jsonl
+
+    for number, record in read_jsonl(Path(path), errors=bad):
+        try:
+            yield Trajectory.from_dict(record)
+        except RecordError as exc:
+            bad.append(BadLine(str(path), number, str(exc)))

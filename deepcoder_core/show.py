@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from .errors import DeepcoderError, RecordError
+from . import records
+from .errors import DeepcoderError
 from .records import Trajectory
 
 # One colour per span kind, so reasoning, actions and observations are told apart at a glance.
@@ -105,7 +106,7 @@ def render_trajectory(trajectory: Trajectory, console: Any) -> None:
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: tty).")
 def show_trajectory_command(file: str, ids: tuple[str, ...], color: bool | None) -> None:
     """Render the trajectories of FILE (JSONL written by `deepcoder generate`)."""
-    trajectories = read_trajectories(Path(file))
+    trajectories = _load(Path(file))
     if ids:
         wanted = set(ids)
         trajectories = [t for t in trajectories if t.id in wanted or t.problem_id in wanted]
@@ -120,18 +121,13 @@ def show_trajectory_command(file: str, ids: tuple[str, ...], color: bool | None)
         render_trajectory(trajectory, console)
 
 
-def read_trajectories(path: Path) -> list[Trajectory]:
+def _load(path: Path) -> list[Trajectory]:
     """The trajectories of a JSONL file; unreadable lines are skipped with a warning."""
-    from .io import BadLine, read_jsonl
+    from .io import BadLine
 
     bad: list[BadLine] = []
-    trajectories = []
     try:
-        for number, record in read_jsonl(path, errors=bad):
-            try:
-                trajectories.append(Trajectory.from_dict(record))
-            except RecordError as exc:
-                bad.append(BadLine(str(path), number, str(exc)))
+        trajectories = list(records.read_trajectories(path, bad))
     except OSError as exc:
         raise ShowError(f"{path}: cannot read: {exc.strerror}") from None
     for line in sorted(bad, key=lambda b: b.line):

@@ -19,16 +19,15 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import RecordError, StageError
-from ..io import BadLine, read_jsonl
-from ..records import Trajectory
+from ..errors import StageError
+from ..io import BadLine
+from ..records import Trajectory, read_trajectories
 from .metrics import TokenCounter, model_report
 from .report import write_charts, write_report_markdown
 
@@ -43,22 +42,12 @@ class EvalError(StageError):
     """An evaluation that cannot run as asked (bad model spec, k > n, fatal teacher error)."""
 
 
-def _read_trajectories(path: Path, bad: list[BadLine]) -> Iterator[Trajectory]:
-    """The trajectories of a JSONL file; a line that is not JSON or not a trajectory record
-    (:meth:`Trajectory.from_dict`) goes to ``bad``."""
-    for number, record in read_jsonl(path, errors=bad):
-        try:
-            yield Trajectory.from_dict(record)
-        except RecordError as exc:
-            bad.append(BadLine(str(path), number, str(exc)))
-
-
 def reference_trajectories(path: Path) -> dict[str, Trajectory]:
     """One teacher trajectory per problem: its first successful one, else its first one."""
     bad: list[BadLine] = []
     chosen: dict[str, Trajectory] = {}
     try:
-        for trajectory in _read_trajectories(path, bad):
+        for trajectory in read_trajectories(path, bad):
             current = chosen.get(trajectory.problem_id)
             if current is None or (trajectory.success and not current.success):
                 chosen[trajectory.problem_id] = trajectory
@@ -139,7 +128,7 @@ def _run_model(
             old = {}
         if old.get("fingerprint") == fingerprint:
             bad: list[BadLine] = []  # an unreadable line's pair is simply run again
-            for trajectory in _read_trajectories(path, bad):
+            for trajectory in read_trajectories(path, bad):
                 records[(trajectory.problem_id, trajectory.sample)] = trajectory
         else:
             path.unlink()  # another model spec or settings: these trajectories do not count
