@@ -17,48 +17,48 @@ hookspec = pluggy.HookspecMarker("deepcoder")
 
 @hookspec
 def register_teachers(register):
-    """Register teacher models (the LLMs that solve problems as ReAct agents).
+    """Register teacher models, the LLMs that solve problems as ReAct agents.
 
-    :param register: ``register(name, factory, description=None)``. ``factory(**options)``
-        returns an object following :class:`deepcoder_core.protocols.Teacher` (its optional
-        members, e.g. ``score`` for white-box teachers, are listed there).
+    :param register: ``register(name, factory)``; ``factory(**teacher.options)`` returns a
+        :class:`deepcoder_core.protocols.Teacher` (its optional members, such as ``score``
+        for white-box teachers, are listed there).
     """
 
 
 @hookspec
 def register_tools(register):
-    """Register tools the agent can call (Action: name / Action Input: ...).
+    """Register tools the agent calls by name (``Action: <name>`` and its input).
 
-    :param register: ``register(name, factory, description=None)``. ``factory(**options)`` returns an
-        object following :class:`deepcoder_core.protocols.Tool`.
+    :param register: ``register(name, factory)``; ``factory(**tools.options[name])`` returns a
+        :class:`deepcoder_core.protocols.Tool`.
     """
 
 
 @hookspec
 def register_span_detectors(register):
-    """Register span detectors that cut trajectory text into reasoning/action/observation/answer.
+    """Register detectors that cut text into reasoning, action, observation and answer spans.
 
-    :param register: ``register(name, factory, description=None)``. ``factory(**options)`` returns an
-        object following :class:`deepcoder_core.protocols.SpanDetector`.
+    :param register: ``register(name, factory)``, a :class:`deepcoder_core.protocols.SpanDetector`
+        factory taking ``processing.detector_options``.
     """
 
 
 @hookspec
 def register_losses(register):
-    """Register per-token distillation divergences.
+    """Register per-token distillation divergences; the engine does chunking, temperature,
+    masking, weighting and reduction around them.
 
-    :param register: ``register(name, factory, description=None)``. ``factory(**options)`` returns an
-        object following :class:`deepcoder_core.protocols.Loss`; the core engine does the
-        chunking, temperature, masking, weighting and reduction around it.
+    :param register: ``register(name, factory)``: ``factory(**loss.options)`` gives a
+        :class:`deepcoder_core.protocols.Loss`.
     """
 
 
 @hookspec
 def register_weightings(register):
-    """Register weighting strategies that turn span types and training state into token weights.
+    """Register strategies that turn span types and training state into token weights.
 
-    :param register: ``register(name, factory, description=None)``. ``factory(**options)`` returns an
-        object following :class:`deepcoder_core.protocols.Weighting`.
+    :param register: ``register(name, factory)`` for a
+        :class:`deepcoder_core.protocols.Weighting` built from ``weighting.options``.
     """
 
 

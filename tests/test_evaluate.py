@@ -239,7 +239,8 @@ class OracleTeacher:
     model = "oracle"
 
     def __init__(self):
-        from deepcoder_core.problems import bundled_problems, humaneval_problems
+        from deepcoder_core.humaneval import humaneval_problems
+        from deepcoder_core.problems import bundled_problems
 
         self.solutions = {
             p.prompt.strip(): p.canonical_solution

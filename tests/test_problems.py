@@ -5,6 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from deepcoder_core.cli import cli
+from deepcoder_core.humaneval import humaneval_problems
 from deepcoder_core.problems import (
     DIFFICULTIES,
     Problem,
@@ -12,7 +13,6 @@ from deepcoder_core.problems import (
     bundled_problems,
     bundled_problems_path,
     filter_problems,
-    humaneval_problems,
     load_problems,
     problem_stats,
     read_problems,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..teachers import TeacherError
@@ -69,82 +70,74 @@ def run_agents(
         trajectory_id = f"{id_prefix}{problem.id}#{sample}"
         return AgentRun(problem, info, tools, agent, sample=sample, trajectory_id=trajectory_id)
 
-    pending, params = deque(jobs), info["params"]
-    failed = set() if failed_ids is None else failed_ids
+    work = Work(
+        teacher=teacher,
+        pending=deque(jobs),
+        start=start,
+        record=record,
+        params=info["params"],
+        concurrency=concurrency,
+        failed_ids=set() if failed_ids is None else failed_ids,
+    )
     if callable(getattr(teacher, "complete_batch", None)):
-        run_batched(
-            teacher,
-            pending,
-            start,
-            record,
-            params,
-            concurrency=concurrency,
-            seed=seed,
-            failed_ids=failed,
-        )
+        run_batched(work, seed=seed)
     else:
-        run_concurrent(
-            teacher, pending, start, record, params, concurrency=concurrency, failed_ids=failed
-        )
+        run_concurrent(work)
 
 
-def run_concurrent(
-    teacher: Any,
-    pending: deque,
-    start: Start,
-    record: Record,
-    params: dict[str, Any],
-    *,
-    concurrency: int,
-    failed_ids: set[str],
-) -> None:
+@dataclass
+class Work:
+    """What a schedule drives: the teacher, the ``(problem, sample)`` jobs left, how to start
+    a run and record a finished one, the sampling params, how many agents at once, and the
+    set that collects the ids of runs a teacher error ended."""
+
+    teacher: Any
+    pending: deque
+    start: Start
+    record: Record
+    params: dict[str, Any]
+    concurrency: int
+    failed_ids: set[str]
+
+
+def run_concurrent(work: Work) -> None:
     """One thread per agent, ``concurrency`` at a time; records are written from this thread.
 
     A teacher with ``replays`` also gets ``key=(problem_id, sample, step)`` with each call.
     """
-    keyed = bool(getattr(teacher, "replays", False))
+    keyed = bool(getattr(work.teacher, "replays", False))
 
     def drive(problem: Any, sample: int) -> AgentRun:
-        run = start(problem, sample)
+        run = work.start(problem, sample)
         while not run.done:
             extra = {"key": (problem.id, sample, len(run.steps))} if keyed else {}
             try:
-                completion = teacher.complete(run.messages, **params, **extra)
+                completion = work.teacher.complete(run.messages, **work.params, **extra)
             except Exception as exc:  # any teacher fault is this trajectory's error
                 if _fatal(exc):
                     raise
-                failed_ids.add(run.id)
+                work.failed_ids.add(run.id)
                 run.fail(teacher_error_text(exc))
                 break
             run.advance(completion)
         run.finish()  # checks the answer here, in the agent's thread, not the writer's
         return run
 
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="agent") as pool:
+    with ThreadPoolExecutor(max_workers=work.concurrency, thread_name_prefix="agent") as pool:
         running: set[Future[AgentRun]] = set()
         try:
-            while pending or running:
-                while pending and len(running) < concurrency:
-                    running.add(pool.submit(drive, *pending.popleft()))
+            while work.pending or running:
+                while work.pending and len(running) < work.concurrency:
+                    running.add(pool.submit(drive, *work.pending.popleft()))
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    record(future.result())  # a fatal TeacherError is raised here
+                    work.record(future.result())  # a fatal TeacherError is raised here
         finally:
             for future in running:
                 future.cancel()
 
 
-def run_batched(
-    teacher: Any,
-    pending: deque,
-    start: Start,
-    record: Record,
-    params: dict[str, Any],
-    *,
-    concurrency: int,
-    seed: int,
-    failed_ids: set[str],
-) -> None:
+def run_batched(work: Work, *, seed: int) -> None:
     """All active agents step together: one ``complete_batch`` call per step of the batch.
 
     Tools of a step run in a pool of ``min(8, concurrency)`` threads.
@@ -153,12 +146,16 @@ def run_batched(
 
     torch.manual_seed(seed)  # sampling in one process: seed once, not per call
     active: list[Any] = []
-    with ThreadPoolExecutor(max_workers=min(8, concurrency), thread_name_prefix="tool") as pool:
-        while pending or active:
-            while pending and len(active) < concurrency:
-                active.append(start(*pending.popleft()))
+    with ThreadPoolExecutor(
+        max_workers=min(8, work.concurrency), thread_name_prefix="tool"
+    ) as pool:
+        while work.pending or active:
+            while work.pending and len(active) < work.concurrency:
+                active.append(work.start(*work.pending.popleft()))
             try:
-                completions = teacher.complete_batch([run.messages for run in active], **params)
+                completions = work.teacher.complete_batch(
+                    [run.messages for run in active], **work.params
+                )
             except Exception as exc:  # a local model fault fails this batch's trajectories only
                 if _fatal(exc):
                     raise
@@ -166,7 +163,7 @@ def run_batched(
                 error = exc
             if completions is None:
                 for run in active:
-                    failed_ids.add(run.id)
+                    work.failed_ids.add(run.id)
                     run.fail(teacher_error_text(error))
             else:
                 # Tools (the sandbox) run in parallel; the model is idle meanwhile anyway.
@@ -176,4 +173,4 @@ def run_batched(
             finished = [run for run in active if run.done]
             active = [run for run in active if not run.done]
             for run in pool.map(lambda r: (r.finish(), r)[1], finished):
-                record(run)
+                work.record(run)

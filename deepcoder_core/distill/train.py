@@ -192,6 +192,24 @@ def warmup_steps(config: Config) -> int:
     return max(0, math.ceil(t.warmup_ratio * t.max_steps - 1e-9))
 
 
+# TrainingArguments name -> the training section's key for the same setting.
+_TRAINING_ARGUMENTS = {
+    "max_steps": "max_steps",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "learning_rate": "learning_rate",
+    "lr_scheduler_type": "lr_scheduler",
+    "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm",
+    "bf16": "bf16",
+    "seed": "seed",
+    "data_seed": "seed",
+    "save_steps": "save_steps",
+    "save_total_limit": "save_total_limit",
+    "logging_steps": "logging_steps",
+}
+
+
 def _training_args(config: Config, out: Path, report_to: list[str]) -> Any:
     import torch
     from transformers import TrainingArguments
@@ -201,20 +219,8 @@ def _training_args(config: Config, out: Path, report_to: list[str]) -> Any:
         # Without a GPU, processes started by `accelerate launch` / torchrun must use gloo.
         use_cpu=not torch.accelerator.is_available(),
         output_dir=str(out / "checkpoints"),
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
         warmup_steps=warmup_steps(config),
-        lr_scheduler_type=t.lr_scheduler,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        bf16=t.bf16,
-        seed=t.seed,
-        data_seed=t.seed,
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        logging_steps=t.logging_steps,
+        **{argument: getattr(t, key) for argument, key in _TRAINING_ARGUMENTS.items()},
         report_to=report_to,
         remove_unused_columns=False,
         disable_tqdm=True,  # MetricsCallback draws the bar, with per-span divergences
@@ -307,15 +313,12 @@ def train_command(
     flags = {"loss.name": loss, "weighting.name": weighting, "training.max_steps": max_steps}
     with one_line_errors():
         config = load_config(config_path, overrides, flags)
-        summary = train(
-            config,
-            data=data,
-            out=out,
-            student=student,
-            teacher=teacher,
-            teacher_logits=teacher_logits,
-            resume=resume,
-        )
+        sources: dict[str, Any] = {
+            "student": student,
+            "teacher": teacher,
+            "teacher_logits": teacher_logits,
+        }
+        summary = train(config, data=data, out=out, resume=resume, **sources)
     if summary:
         print_summary(summary)
 

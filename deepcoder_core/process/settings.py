@@ -13,6 +13,13 @@ class ProcessError(DeepcoderError):
     """A processing problem the user can act on (missing file, bad option, no tokenizer)."""
 
 
+# Settings taken from the processing section as they are (the others are resolved first).
+_AS_CONFIGURED = (
+    "max_length overflow min_tokens min_reasoning_ratio min_action_ratio successful_only "
+    "agreement_sample"
+).split()
+
+
 @dataclasses.dataclass
 class Settings:
     """What a worker needs; plain data, so it also keys the per-process worker cache and the
@@ -46,13 +53,7 @@ class Settings:
             detector=detector or cfg.detector,
             detector_options=dict(cfg.detector_options),
             fmt=fmt or cfg.format,
-            max_length=cfg.max_length,
-            overflow=cfg.overflow,
-            min_tokens=cfg.min_tokens,
-            min_reasoning_ratio=cfg.min_reasoning_ratio,
-            min_action_ratio=cfg.min_action_ratio,
-            successful_only=cfg.successful_only,
-            agreement_sample=cfg.agreement_sample,
+            **{name: getattr(cfg, name) for name in _AS_CONFIGURED},
         )
 
 

@@ -96,16 +96,9 @@ def start_command(
     extra = list(section.extra_args)
     for item in extra_args:
         extra += shlex.split(item)
+    same = ("backend", "host", "port", "reasoning_parser", "tp", "ep_size", "command")
     spec = ServerSpec(
-        backend=section.backend,
-        model=model_path,
-        host=section.host,
-        port=section.port,
-        reasoning_parser=section.reasoning_parser,
-        tp=section.tp,
-        ep_size=section.ep_size,
-        extra_args=extra,
-        command=section.command,
+        model=model_path, extra_args=extra, **{key: getattr(section, key) for key in same}
     )
     click.echo(
         f"Starting {spec.backend} on port {spec.port} (log: "

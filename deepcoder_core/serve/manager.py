@@ -18,14 +18,8 @@ from pathlib import Path
 from typing import TypedDict
 
 from ..io import atomic_write_json
-from .backends import (
-    ServerError,
-    ServerSpec,
-    build_command,
-    check_backend,
-    check_model,
-    check_port_free,
-)
+from . import backends
+from .backends import ServerError, ServerSpec
 from .client import base_url, generate_one_token, health, served_model
 from .processes import launch, pid_alive, terminate
 from .state import SCHEMA, ServerState, log_path, log_tail, read_state, state_path
@@ -99,9 +93,9 @@ def start_server(
 
     On any start-up failure the process group is stopped and no state is left behind.
     """
-    check_model(spec.model)
-    check_backend(spec)
-    command = build_command(spec)
+    backends.check_model(spec.model)
+    backends.check_backend(spec)
+    command = backends.build_command(spec)
     path = state_path(directory, spec.port)
     old = read_state(path)
     if old is not None:
@@ -112,7 +106,7 @@ def start_server(
                 f"stop it with `deepcoder server stop --port {spec.port}`"
             )
         path.unlink(missing_ok=True)  # a dead server's leftover state
-    check_port_free(spec.host, spec.port)
+    backends.check_port_free(spec.host, spec.port)
     log = log_path(directory, spec.port)
     process = launch(command, log)
     now = time.time()
