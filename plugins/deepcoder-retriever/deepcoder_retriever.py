@@ -234,8 +234,9 @@ class Retriever:
             if not (path / "passages.json").exists():
                 self._build(path)
                 self.rebuilt = True
-            self._bm25 = bm25s.BM25.load(str(path), show_progress=False)
+            bm25 = bm25s.BM25.load(str(path), show_progress=False)
             self._passages = json.loads((path / "passages.json").read_text(encoding="utf-8"))
+            self._bm25 = bm25  # published last: a thread that sees it also sees the passages
 
     def _build(self, path: Path) -> None:
         import bm25s
