@@ -29,6 +29,15 @@ def make_distribution(
     return root
 
 
+def view_entries_in_tmp() -> list[str]:
+    """Names under ``/tmp`` that the sandbox's read-only view binds (a checkout living in /tmp)."""
+    from deepcoder_core.sandbox import isolation
+
+    return sorted(
+        {Path(p).parts[2] for p in isolation.view_paths([]) if Path(p).parts[1:2] == ("tmp",)}
+    )
+
+
 def chat_completion(
     model: str, text: str, prompt_tokens: int = 50, completion_tokens: int = 20
 ) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 from deepcoder_core.checking import CheckResult, check_solution, from_data, to_data
 from deepcoder_core.sandbox import SandboxPool, SandboxResult
 
-from .helpers import fake_teacher, loopback_listener
+from .helpers import fake_teacher, loopback_listener, view_entries_in_tmp
 
 TESTS = "MARKER = 'expected-marker-7f3a'\ndef check(candidate):\n    assert candidate(1) == 2\n    assert candidate(2) == 4\n"
 
@@ -209,7 +209,7 @@ def test_files_left_by_a_solution_do_not_outlive_the_call(pool):
         "import os\n"
         "def f():\n"
         "    seen = [p for d in ('/tmp', '/dev/shm', '/var/tmp') for p in os.listdir(d)\n"
-        "            if not p.startswith('deepcoder-sandbox-')]\n"
+        f"            if not p.startswith('deepcoder-sandbox-') and p not in {view_entries_in_tmp()!r}]\n"
         "    return 'blocked' if not seen and not os.listdir('.') else repr(seen)\n"
     )
     for _ in range(3):  # whichever worker takes the call

@@ -243,12 +243,16 @@ def bwrap_command(argv: list[str], *, preload: list[str], scratch_mb: int) -> li
             command += ["--cap-add", cap]
     else:
         command += ["--unshare-user", "--disable-userns"]
+    # Private mounts first: a view path under /tmp (a checkout there) is bound on top of them.
+    command += ["--dev", "/dev", "--proc", "/proc"]
+    for path, size_mb in (("/tmp", scratch_mb), ("/var/tmp", 1), ("/dev/shm", 1), ("/run", 1)):
+        command += ["--perms", "0755", "--size", str(size_mb * _MIB), "--tmpfs", path]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):  # merged /usr: the link, not a second copy
             command += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             command += ["--ro-bind", top, top]
-    made: set[str] = {"/"}
+    made: set[str] = {"/", "/tmp", "/var/tmp", "/dev", "/dev/shm", "/run"}
     for path in view_paths(preload):
         # Parents bubblewrap would create 0700: traversable, so an unprivileged child can import.
         for parent in reversed(Path(path).parents):
@@ -259,14 +263,11 @@ def bwrap_command(argv: list[str], *, preload: list[str], scratch_mb: int) -> li
     command += ["--perms", "0755", "--dir", "/etc"]
     for path in ETC_FILES:
         command += ["--ro-bind-try", path, path]
-    for parts in HIDDEN_DATA:
+    for parts in HIDDEN_DATA:  # last: over the bound package folders
         for base in _package_dirs([parts[0]]):
             hidden = os.path.join(base, *parts[1:])
             if os.path.isdir(hidden):
                 command += ["--tmpfs", os.path.realpath(hidden)]
-    command += ["--dev", "/dev", "--proc", "/proc"]
-    for path, size_mb in (("/tmp", scratch_mb), ("/var/tmp", 1), ("/dev/shm", 1), ("/run", 1)):
-        command += ["--perms", "0755", "--size", str(size_mb * _MIB), "--tmpfs", path]
     command += ["--chdir", "/", "--", *argv]
     return command
 
