@@ -45,6 +45,7 @@ _API = {
     "Trajectory": "deepcoder_core.records",
     "Step": "deepcoder_core.records",
     "Action": "deepcoder_core.records",
+    "read_trajectories": "deepcoder_core.records",
     # teachers
     "TeacherError": "deepcoder_core.teachers",
     "TeacherStats": "deepcoder_core.teachers",

@@ -11,7 +11,7 @@ import pytest
 from deepcoder_core.chat_template import ChatRenderer
 from deepcoder_core.encoding import PromptEncoder, arrays
 from deepcoder_core.models import qwen3_tokenizer_path
-from deepcoder_core.process import load_tokenizer
+from deepcoder_core.process import fast_tokenizer
 from deepcoder_core.spans import build_messages, parse_record, prompt_end, render
 
 from .trajectory_factory import trajectory
@@ -19,7 +19,7 @@ from .trajectory_factory import trajectory
 
 @pytest.fixture(scope="module")
 def tok():
-    return load_tokenizer(str(qwen3_tokenizer_path()))
+    return fast_tokenizer(str(qwen3_tokenizer_path()))
 
 
 def openai_chat(i):

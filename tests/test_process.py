@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from deepcoder_core.cli import cli
 from deepcoder_core.config import load_config
 from deepcoder_core.models import qwen3_tokenizer_path
-from deepcoder_core.process import ProcessError, load_tokenizer, process, show_example
+from deepcoder_core.process import ProcessError, fast_tokenizer, process, show_example
 from deepcoder_core.protocols import SpanType
 
 from .trajectory_factory import fireact, trajectory, write_jsonl
@@ -19,7 +19,7 @@ QWEN3 = str(qwen3_tokenizer_path())
 
 @pytest.fixture(scope="module")
 def tok():
-    return load_tokenizer(QWEN3)
+    return fast_tokenizer(QWEN3)
 
 
 def config(*overrides):

@@ -23,7 +23,7 @@ One module a job:
 from .columns import COLUMNS, PRIVATE, Example, features
 from .command import process_command
 from .overflow import OVERFLOW
-from .settings import ProcessError, Settings, load_tokenizer, other_detector, resolve_tokenizer
+from .settings import ProcessError, Settings, fast_tokenizer, other_detector, resolve_tokenizer
 from .stage import process
 from .view import SPAN_STYLES, show_example
 from .worker import Worker
@@ -38,7 +38,7 @@ __all__ = [
     "Settings",
     "Worker",
     "features",
-    "load_tokenizer",
+    "fast_tokenizer",
     "other_detector",
     "process",
     "process_command",

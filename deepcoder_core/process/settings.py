@@ -72,7 +72,7 @@ def other_detector(name: str) -> str:
     return "regex" if name == "structured" else "structured"
 
 
-def load_tokenizer(path: str) -> Any:
+def fast_tokenizer(path: str) -> Any:
     """A fast tokenizer (offset mappings need one), shared by every reader in this process."""
     from ..models import load_tokenizer as load
 

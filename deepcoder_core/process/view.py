@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..protocols import SPAN_NAMES, SpanType
-from .settings import ProcessError, load_tokenizer
+from .settings import ProcessError, fast_tokenizer
 
 SPAN_STYLES: dict[SpanType, dict[str, Any]] = {
     SpanType.OTHER: {"dim": True},
@@ -41,7 +41,7 @@ def show_example(
             tokenizer = json.loads(summary_path.read_text(encoding="utf-8")).get("tokenizer")
     if tokenizer is None:
         raise ProcessError(f"{directory}: no summary.json naming the tokenizer; pass --tokenizer")
-    tok = load_tokenizer(tokenizer)
+    tok = fast_tokenizer(tokenizer)
     ids, types = example["input_ids"], example["span_type"]
     counts = Counter(types)
     header = (

@@ -36,7 +36,7 @@ from ..spans import (
 )
 from .columns import Example, Rows
 from .overflow import fit
-from .settings import Settings, load_tokenizer, other_detector
+from .settings import Settings, fast_tokenizer, other_detector
 
 Items = list[tuple[int, int, Any]]  # (line, record number, the raw JSONL line or a dict)
 
@@ -48,7 +48,7 @@ class Worker:
         import numpy as np
 
         self.settings = settings
-        self.tokenizer = load_tokenizer(settings.tokenizer)
+        self.tokenizer = fast_tokenizer(settings.tokenizer)
         self.backend = self.tokenizer.backend_tokenizer
         # a lookup table: special[id] is True for <|im_start|>, <|im_end|>, ...
         self.special = np.zeros(len(self.tokenizer) + 1, dtype=bool)

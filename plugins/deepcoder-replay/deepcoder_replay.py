@@ -20,9 +20,10 @@ from deepcoder_core import (
     PluginError,
     TeacherError,
     TeacherStats,
+    Trajectory,
     Usage,
     hookimpl,
-    read_jsonl,
+    read_trajectories,
 )
 
 
@@ -56,9 +57,9 @@ class ReplayTeacher:
         self._by_prompt: dict[tuple[str, int], list[Completion]] = {}
         models: list[str] = []
         errors: list = []
-        for _, record in read_jsonl(self.path, errors=errors):
-            self._index(record)
-            model = (record.get("teacher") or {}).get("model")
+        for trajectory in read_trajectories(self.path, errors):
+            self._index(trajectory)
+            model = trajectory.teacher.model
             if model and model not in models:
                 models.append(model)
         if not self._by_key and not self._by_history:
@@ -66,16 +67,13 @@ class ReplayTeacher:
             raise PluginError(f"teacher 'replay': {self.path} holds no recorded steps{detail}")
         self.model = f"replay:{'+'.join(models) or self.path.name}"
 
-    def _index(self, record: dict[str, Any]) -> None:
-        steps = record.get("steps") or []
-        messages = record.get("messages") or []
+    def _index(self, trajectory: Trajectory) -> None:
+        messages = trajectory.messages
         completions = [
-            Completion(text=str(s.get("raw") or ""), reasoning=s.get("reasoning"), usage=Usage())
-            for s in steps
+            Completion(text=s.raw, reasoning=s.reasoning, usage=Usage()) for s in trajectory.steps
         ]
-        problem, sample = record.get("problem_id"), int(record.get("sample") or 0)
         for step, completion in enumerate(completions):
-            self._by_key[(str(problem), sample, step)] = completion
+            self._by_key[(trajectory.problem_id, trajectory.sample, step)] = completion
         assistant = [j for j, m in enumerate(messages) if m.get("role") == "assistant"]
         prompt = _first_user(messages)
         for step, j in enumerate(assistant[: len(completions)]):
