@@ -108,6 +108,7 @@ def plugins_command(show_all: bool, kind: str | None, as_json: bool) -> None:
                 "components": comps,
                 "builtin": info.builtin,
                 "error": info.error,
+                "traceback": info.traceback,
             }
         )
     if as_json:

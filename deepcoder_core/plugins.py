@@ -20,6 +20,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .errors import DeepcoderError
 from .protocols import KINDS
 
 ENTRY_POINT_GROUP = "deepcoder"
@@ -65,7 +66,7 @@ HOOK_OF_KIND = {
 }
 
 
-class PluginError(Exception):
+class PluginError(DeepcoderError):
     """A plugin or component problem the user can act on (unknown name, duplicate, bad options)."""
 
 
@@ -202,8 +203,10 @@ class PluginManager:
                         "only description= is read: declare capabilities as attributes of the "
                         "component (see deepcoder_core/protocols.py)"
                     )
-                if name in entries or name in _given:
-                    first = (entries.get(name) or _given[name]).plugin
+                if name in _given:
+                    raise PluginError(f"plugin {_p} registers {kind} '{name}' twice")
+                if name in entries:
+                    first = entries[name].plugin
                     raise PluginError(
                         f"{kind} '{name}' is registered by two plugins: "
                         f"{first} and {_p}; uninstall or disable one "

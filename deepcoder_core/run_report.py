@@ -129,14 +129,14 @@ def write_run_report(out: Path, state: dict[str, Any], config: Config) -> dict[s
             blocks.append(markdown_table(span_rows, columns, digits=4))
     if curves:
         line_chart(
-            plots / "span_loss.png",
+            plots / "span_divergence.png",
             {span: points for span, points in curves.items() if span != "total"}
             or {"total": curves.get("total", [])},
             title="divergence per span type",
             xlabel="step",
             ylabel="divergence",
         )
-        charts.append("span_loss.png")
+        charts.append("span_divergence.png")
 
     shares = dataset.get("span_ratios")
     if shares:

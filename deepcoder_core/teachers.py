@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .errors import DeepcoderError
 from .react_format import STOP, strip_thinking
 
 T = TypeVar("T")
@@ -27,7 +28,7 @@ REACT_STOP = STOP
 """Where a ReAct completion ends (``react_format.STOP``): the agent writes the tool result."""
 
 
-class TeacherError(Exception):
+class TeacherError(DeepcoderError):
     """A teacher call that failed after its retries.
 
     ``kind`` groups errors in summaries (rate_limit, server, timeout, connection, auth,

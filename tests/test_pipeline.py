@@ -93,7 +93,7 @@ def test_whole_pipeline_then_skip_then_force(tiny_setup):
     text = (out / "report.md").read_text()
     assert "| teacher |" in text and "| student |" in text and "| baseline |" in text
     assert (out / "plots" / "pass_rates.png").exists() and (
-        out / "plots" / "span_loss.png"
+        out / "plots" / "span_divergence.png"
     ).exists()
     assert "sk-" not in (out / "config.yaml").read_text()
 

@@ -123,6 +123,19 @@ def test_duplicate_component_names_name_both_plugins():
         manager.registry("loss")
 
 
+def test_one_plugin_registering_a_name_twice_is_named_once():
+    class Twice:
+        @hookimpl
+        def register_losses(self, register):
+            register("kl", object)
+            register("kl", object)
+
+    manager = PluginManager()
+    manager.add(Twice(), name="twice")
+    assert manager.registry("loss") == {}
+    assert manager.plugins["twice"].error == "PluginError: plugin twice registers loss 'kl' twice"
+
+
 def test_misspelled_hook_is_rejected(tmp_path):
     root = tmp_path / "site"
     make_distribution(root, "deepcoder-typo", "deepcoder_typo", MISSPELLED)

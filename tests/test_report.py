@@ -93,8 +93,8 @@ def test_run_report_reads_the_training_metric_names(tmp_path):
     }
     (train / "summary.json").write_text(json.dumps(summary))
     result = write_run_report(tmp_path, {"stages": {}}, load_config(None, [], environ={}))
-    assert result["plots"] == ["span_loss.png"]
-    assert (tmp_path / "plots" / "span_loss.png").read_bytes()[:8] == PNG
+    assert result["plots"] == ["span_divergence.png"]
+    assert (tmp_path / "plots" / "span_divergence.png").read_bytes()[:8] == PNG
     text = (tmp_path / "report.md").read_text()
     assert "| span | divergence, first | divergence, last |" in text
     assert "| reasoning | 1.0000 | 0.5000 |" in text

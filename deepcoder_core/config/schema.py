@@ -33,6 +33,7 @@ NONFINITE_MODES = ("raise", "skip")
 ISOLATION_LEVELS = ("namespaces", "rlimits")
 NonFinite = Annotated[str, OneOf(NONFINITE_MODES)]
 Isolation = Annotated[str, OneOf(ISOLATION_LEVELS)]
+Split = Annotated[str, OneOf(("train", "eval"))]  # problems.SPLITS
 
 
 @dataclass
@@ -85,7 +86,7 @@ class ToolsConfig:
 @dataclass
 class GenerationConfig:
     problems: str | None = None  # None: the bundled problems
-    split: str | None = None  # train | eval | None (all)
+    split: Split | None = None  # train | eval | None (all)
     limit: Count | None = None  # the first N problems of the split (None: all)
     samples_per_problem: Count = 1
     concurrency: Count = 8
@@ -161,7 +162,7 @@ class TrainingConfig:
 @dataclass
 class EvalConfig:
     problems: str | None = None  # None: the bundled held-out split
-    split: str | None = "eval"
+    split: Split | None = "eval"
     limit: Count | None = None  # the first N problems of the split (None: all)
     samples: Count = 1
     k: list[Count] = field(default_factory=lambda: [1])  # pass@k for each; every k <= samples

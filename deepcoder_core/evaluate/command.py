@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..config import config_options
 from .run import EvalError, evaluate
 
 if TYPE_CHECKING:
@@ -160,8 +161,7 @@ def load_eval_problems(
     help="Qwen3 enable_thinking for --model/--server (default: the chat template's).",
 )
 @click.option("--temperature", type=float, help="Sampling temperature (eval.temperature).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
+@config_options
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def eval_command(
     local: tuple[str, ...],

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import DeepcoderError
 from . import isolation as _isolation
 from .protocol import ProtocolError, Reader, check_response, max_message_bytes, send
 
@@ -33,7 +34,7 @@ EXEC_RUNNER = "deepcoder_core.sandbox:run_exec"
 _GRACE = 5.0  # seconds a worker may take beyond the request timeout before it is presumed hung
 
 
-class SandboxError(RuntimeError):
+class SandboxError(DeepcoderError, RuntimeError):
     """The pool itself failed (closed, no worker could start); not an error of the code run."""
 
 
