@@ -27,7 +27,7 @@ from deepcoder_core.config import load_config  # noqa: E402
 from deepcoder_core.encoding import PromptEncoder  # noqa: E402
 from deepcoder_core.models import qwen3_tokenizer_path  # noqa: E402
 from deepcoder_core.plugins import build  # noqa: E402
-from deepcoder_core.process import load_tokenizer, process  # noqa: E402
+from deepcoder_core.process import fast_tokenizer, process  # noqa: E402
 from deepcoder_core.spans import (  # noqa: E402
     build_messages,
     detect_spans,
@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tokenizer_path = str(qwen3_tokenizer_path())
-    tok = load_tokenizer(tokenizer_path)
+    tok = fast_tokenizer(tokenizer_path)
     records = [trajectory(i, seed=42) for i in range(args.n)]
     work = Path(tempfile.mkdtemp(prefix="bench-process-"))
     path = write_jsonl(work / "trajectories.jsonl", records)

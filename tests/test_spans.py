@@ -8,7 +8,7 @@ import pytest
 
 from deepcoder_core.models import qwen3_tokenizer_path
 from deepcoder_core.plugins import build
-from deepcoder_core.process import load_tokenizer
+from deepcoder_core.process import fast_tokenizer
 from deepcoder_core.protocols import Span, SpanType
 from deepcoder_core.spans import (
     RecordError,
@@ -35,7 +35,7 @@ R, A, OBS, ANS, OTHER = (
 
 @pytest.fixture(scope="module")
 def tok():
-    return load_tokenizer(str(qwen3_tokenizer_path()))
+    return fast_tokenizer(str(qwen3_tokenizer_path()))
 
 
 def typed(text, spans):
