@@ -8,6 +8,7 @@ import json
 import socket
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,24 +65,46 @@ def chat_completion(
     ).encode()
 
 
+class ChatHandler(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint answering ``text`` after ``delay`` seconds."""
+
+    text = "Final Answer: done"
+    delay = 0.0
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        time.sleep(self.delay)
+        data = chat_completion(body["model"], self.text)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def problem_record(**changes: object) -> dict:
+    """A valid problem record (``add``), with ``changes`` applied."""
+    return {
+        "id": "add",
+        "title": "Add",
+        "prompt": "Write add(a, b).",
+        "category": "math",
+        "difficulty": "easy",
+        "entry_point": "add",
+        "tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
+        "canonical_solution": "def add(a, b):\n    return a + b\n",
+        **changes,
+    }
+
+
 @contextlib.contextmanager
 def fake_teacher(text: str) -> Iterator[str]:
     """An OpenAI-compatible server on loopback that always answers ``text``; yields its base URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            data = chat_completion(body["model"], text)
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    handler = type("Answering", (ChatHandler,), {"text": text})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1"

@@ -17,7 +17,7 @@ import pytest
 from deepcoder_core.checking import CheckResult, check_solution, from_data, to_data
 from deepcoder_core.sandbox import SandboxPool, SandboxResult
 
-from .helpers import fake_teacher, loopback_listener, view_entries_in_tmp
+from .helpers import fake_teacher, loopback_listener, problem_record, view_entries_in_tmp
 
 TESTS = "MARKER = 'expected-marker-7f3a'\ndef check(candidate):\n    assert candidate(1) == 2\n    assert candidate(2) == 4\n"
 
@@ -358,17 +358,10 @@ def test_generate_records_a_forging_teacher_as_failing(tmp_path):
 
     from deepcoder_core.cli import cli
 
-    record = {
-        "schema": 1,
-        "id": "add",
-        "title": "Add",
-        "prompt": "Write add(a, b).",
-        "category": "math",
-        "difficulty": "easy",
-        "entry_point": "add",
-        "tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n",
-        "tags": [],
-    }
+    record = problem_record(
+        tests="def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n",
+        canonical_solution=None,
+    )
     problems = tmp_path / "problems.jsonl"
     problems.write_text(json.dumps(record) + "\n")
     out = tmp_path / "t.jsonl"

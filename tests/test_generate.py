@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
@@ -20,7 +20,7 @@ from deepcoder_core.problems import bundled_problems
 from deepcoder_core.protocols import Completion, Usage
 from deepcoder_core.teachers import TeacherError, TeacherStats
 
-from .helpers import chat_completion
+from .helpers import ChatHandler
 
 PROBLEMS = bundled_problems()[:4]
 
@@ -219,24 +219,11 @@ def test_error_kinds():
 # ---------------------------------------------------------------------------- command line
 
 
-class FakeOpenAI(BaseHTTPRequestHandler):
+class FakeOpenAI(ChatHandler):
     """An OpenAI-compatible chat endpoint answering after `delay` seconds with a Final Answer."""
 
+    text = "Thought: simple\nFinal Answer:\n```python\ndef solve():\n    return 1\n```"
     delay = 0.1
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        time.sleep(self.delay)
-        text = "Thought: simple\nFinal Answer:\n```python\ndef solve():\n    return 1\n```"
-        data = chat_completion(body["model"], text)
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from deepcoder_core.models import qwen3_tokenizer_path
 from deepcoder_core.problems import MAX_ID_CHARS, Problem, ProblemError, read_problems
 from deepcoder_core.spans import RecordError, parse_record
 
+from .helpers import problem_record
 from .trajectory_factory import fireact, trajectory
 
 QWEN3 = str(qwen3_tokenizer_path())
@@ -221,16 +222,7 @@ def test_forked_workers_report_hostile_lines_alike(tmp_path, num_proc):
 
 # ---------------------------------------------------------------------------- problems
 
-GOOD = {
-    "id": "add",
-    "title": "Add",
-    "prompt": "Write add(a, b).",
-    "category": "math",
-    "difficulty": "easy",
-    "entry_point": "add",
-    "tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
-    "canonical_solution": "def add(a, b):\n    return a + b\n",
-}
+GOOD = problem_record()
 
 
 def _problem(**changes):

@@ -21,18 +21,9 @@ from deepcoder_core.problems import (
     save_problems,
 )
 
-GOOD = {
-    "id": "add",
-    "title": "Add",
-    "prompt": "Write add(a, b).",
-    "category": "math",
-    "difficulty": "easy",
-    "entry_point": "add",
-    "tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
-    "canonical_solution": "def add(a, b):\n    return a + b\n",
-    "tags": ["basics"],
-    "split": "train",
-}
+from .helpers import problem_record
+
+GOOD = problem_record(tags=["basics"], split="train")
 
 
 def _record(**changes):
