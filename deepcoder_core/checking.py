@@ -98,7 +98,7 @@ def count_asserts(tests: str) -> int:
     """Assert statements in the test source (0 if it does not parse)."""
     try:
         tree = ast.parse(tests)
-    except SyntaxError:
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
         return 0
     return sum(isinstance(node, ast.Assert) for node in ast.walk(tree))
 
@@ -296,7 +296,9 @@ class SolutionError(Exception):
     """The candidate raised an exception that is not a builtin one, or ended."""
 
 
-_NOT_RERAISED = (SystemExit, KeyboardInterrupt, GeneratorExit)
+# Raised in the tests these would end the judge, or end a map()/filter() over the candidate
+# early (so `all(map(candidate, xs))` would hold): they come back as SolutionError instead.
+_NOT_RERAISED = (SystemExit, KeyboardInterrupt, GeneratorExit, StopIteration, StopAsyncIteration)
 
 
 def _reraise(raised: Any) -> BaseException:
@@ -375,6 +377,17 @@ def _remote_class(name: str) -> Any:
     return refuse
 
 
+def _solution_name(name: Any) -> bool:
+    """A name of the solution the tests may see: never one that would shadow a builtin the
+    tests rely on (``abs``, ``sorted``, ``len``...) or a private or harness name."""
+    return (
+        type(name) is str
+        and name.isidentifier()
+        and not name.startswith("_")
+        and name not in vars(builtins)
+    )
+
+
 def run_judge(payload: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
     """Sandbox runner (judge child): load the solution's names, then run the counted tests."""
     tests, entry_point = payload["tests"], payload.get("entry_point")
@@ -429,12 +442,14 @@ def run_judge(payload: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]
     values = loaded.get("values") if type(loaded.get("values")) is dict else {}
     namespace: dict[str, Any] = {"__name__": "tests", "__builtins__": builtins}
     for name, value in values.items():
+        if not _solution_name(name):
+            continue
         try:
-            namespace[str(name)] = from_data(value)
+            namespace[name] = from_data(value)
         except ValueError:
             continue
     for name, kind in names.items():
-        if type(name) is str and name.isidentifier():
+        if _solution_name(name):
             namespace[name] = (
                 _remote_function(solution, name) if kind == "function" else _remote_class(name)
             )
@@ -469,11 +484,14 @@ def check_solution(
     """Run ``code`` against ``problem.tests`` in the sandbox; never raises for the code's faults."""
     try:
         ast.parse(problem.tests)
-    except SyntaxError as exc:
-        return CheckResult(0, 0, f"problem {problem.id}: tests do not parse: {exc}")
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
+        why = exc if isinstance(exc, SyntaxError | ValueError) else "nested too deeply to parse"
+        return CheckResult(0, 0, f"problem {problem.id}: tests do not parse: {why}")
     static_total = count_asserts(problem.tests)
     try:
         compile(code, _SOLUTION, "exec", dont_inherit=True)
+    except (MemoryError, RecursionError):  # Python's own parser gave up: hostile nesting
+        return CheckResult(0, static_total, "the solution is nested too deeply to compile")
     except (SyntaxError, ValueError) as exc:
         line = getattr(exc, "lineno", None)
         where = f" (line {line})" if line else ""

@@ -389,3 +389,47 @@ def test_generate_records_a_forging_teacher_as_failing(tmp_path):
     (trajectory,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert trajectory["success"] is False
     assert trajectory["tests_passed"] == 0 and trajectory["tests_total"] == 2
+
+
+def test_the_solution_cannot_shadow_the_builtins_the_tests_use(pool):
+    tests = (
+        "def check(candidate):\n"
+        "    assert abs(candidate(2.0) - 4.0) < 1e-6\n"
+        "    assert sorted(candidate(1)) == sorted([3, 1, 2])\n"
+        "    assert len(candidate(1)) == 7\n"
+    )
+    code = (
+        "def f(x):\n    return 0.0\n"
+        "def abs(x):\n    return 0\n"
+        "def sorted(x):\n    return []\n"
+        "def len(x):\n    return 7\n"
+    )
+    result = check_solution(problem(tests), code, pool=pool)
+    assert result.passed == 0 and result.total == 3, result
+
+
+def test_stop_iteration_from_the_solution_does_not_cut_a_map_short(pool):
+    tests = "def check(candidate):\n    assert all(map(candidate, [1, 2, 3]))\n"
+    code = "def f(x):\n    raise StopIteration\n"
+    result = check_solution(problem(tests), code, pool=pool)
+    assert result.passed == 0 and result.total == 1 and "StopIteration" in result.error
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["x=" + "-" * 200_000 + "1", "x=" + "not " * 100_000 + "1", "x=" + "lambda:" * 100_000 + "1"],
+)
+def test_hostile_nesting_is_a_failed_check_not_an_exception(pool, code):
+    result = check_solution(problem(), code, pool=pool)
+    assert result.passed == 0 and "nested too deeply" in result.error
+    nested_tests = problem("x = " + "(" * 100_000 + ")" * 100_000 + "\nassert x\n")
+    assert "tests do not parse" in check_solution(nested_tests, "def f(x): pass", pool=pool).error
+
+
+def test_an_oversized_solution_is_refused_without_losing_the_worker(pool):
+    replaced = pool.stats()["replaced"]
+    code = "def f(x):\n    return 1\n#" + "a" * 500_000
+    result = check_solution(problem(), code, pool=pool)
+    assert result.passed == 0 and "could not be started" in result.error
+    assert pool.stats()["replaced"] == replaced
+    assert check_solution(problem(), "def f(x):\n    return 2 * x", pool=pool).success

@@ -288,14 +288,26 @@ def _run_one(
         )
         os.close(to_partner_r)
         os.close(to_judge_w)
+        start_message = {
+            "runner": request["partner"],
+            "payload": request.get("partner_payload") or {},
+            "limits": limits,
+        }
         judge_channel = runtime.Channel(to_judge_r, to_partner_w, max_bytes)
-        judge_channel.send(
-            {
-                "runner": request["partner"],
-                "payload": request.get("partner_payload") or {},
-                "limits": limits,
+        try:
+            judge_channel.send(start_message)
+        except (ProtocolError, OSError) as exc:  # too large, or the partner is gone already
+            for fd in (to_judge_r, to_partner_w):
+                os.close(fd)
+            for pid in pids:
+                _end(pid)
+            for workdir in workdirs:
+                shutil.rmtree(workdir, ignore_errors=True)
+            return {
+                "status": "crashed",
+                "error": f"the partner could not be started: {exc}",
+                "duration": time.monotonic() - start,
             }
-        )
     read_fd, write_fd = os.pipe()
     uid = JUDGE_UID if partner is not None else NOBODY
     workdirs.append(_scratch(uid))
