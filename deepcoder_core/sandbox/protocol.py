@@ -27,7 +27,7 @@ class ProtocolError(ValueError):
 
 
 def max_message_bytes(max_output_chars: int) -> int:
-    """Bound on one result: three texts of ``max_output_chars`` at 6 bytes a char (``\\uXXXX``)."""
+    """Bound on one result: three texts of ``max_output_chars`` at 6 bytes a char (JSON ``\\u`` escapes)."""
     return 18 * max_output_chars + (1 << 16)
 
 
