@@ -5,7 +5,7 @@ A row of the processed dataset (``docs/architecture.md``, data contracts) holds 
 ``attention_mask``, ``span_type`` and ``span_confidence`` per token. Position ``i`` of a row
 predicts token ``i + 1``; it counts when both tokens are real (:func:`positions`). Besides the
 tokens a batch may carry the teacher signal: the cached top-k rows of a
-:class:`~deepcoder_core.distill.teacher_logits.TeacherLogitsCache`, or, for a teacher with
+:class:`~deepcoder_core.distill.teacher_cache.TeacherLogitsCache`, or, for a teacher with
 another tokenizer, the teacher's own tokens and the position map (:class:`TokenAligner`).
 """
 
@@ -19,7 +19,7 @@ from ..protocols import TopK
 from .errors import CacheError
 
 if TYPE_CHECKING:
-    from .teacher_logits import TeacherLogitsCache
+    from .teacher_cache import TeacherLogitsCache
 
 DATA_COLUMNS = ("input_ids", "attention_mask", "span_type", "span_confidence")
 DIFFICULTY = {"easy": 0, "medium": 1, "hard": 2}
@@ -102,23 +102,37 @@ class Collator:
             out["span_type"][i, :n] = torch.tensor(row["span_type"])
             out["span_confidence"][i, :n] = torch.tensor(row["span_confidence"])
         if self.cache is not None:
-            k = self.cache.top_k
-            out["topk_indices"] = torch.zeros(batch, length - 1, k, dtype=torch.long)
-            out["topk_logprobs"] = torch.zeros(batch, length - 1, k)
-            out["topk_tail"] = torch.zeros(batch, length - 1)
-            for i, row in enumerate(rows):
-                indices, logprobs, tail = self.cache.example(row["index"])
-                n = indices.shape[0]
-                if n != len(row["input_ids"]) - 1:
-                    raise CacheError(
-                        f"{self.cache.path}: example {row['index']} has {n} cached positions, "
-                        f"the dataset row {len(row['input_ids'])} tokens; the cache is stale"
-                    )
-                out["topk_indices"][i, :n] = indices.long()
-                out["topk_logprobs"][i, :n] = logprobs
-                out["topk_tail"][i, :n] = tail
+            out.update(self.cached_rows(rows, length))
         if self.aligner is not None:
             out.update(self.aligner(rows, length))
+        return out
+
+    def cached_rows(self, rows: list[dict[str, Any]], length: int) -> dict[str, Any]:
+        """The cached teacher rows as ``[B, L-1, w]`` tensors; ``topk_stored`` marks the rows the
+        cache holds (the others carry no distribution: id -1, log-probability -inf)."""
+        import torch
+
+        assert self.cache is not None
+        cached = [self.cache.rows(row["index"]) for row in rows]
+        for row, entry in zip(rows, cached, strict=True):
+            if entry.length != len(row["input_ids"]) - 1:
+                raise CacheError(
+                    f"{self.cache.path}: example {row['index']} has {entry.length} cached "
+                    f"positions, the dataset row {len(row['input_ids'])} tokens; the cache is stale"
+                )
+        batch, width = len(rows), max(1, *(entry.indices.shape[1] for entry in cached))
+        out = {
+            "topk_indices": torch.full((batch, length - 1, width), -1, dtype=torch.long),
+            "topk_logprobs": torch.full((batch, length - 1, width), float("-inf")),
+            "topk_tail": torch.zeros(batch, length - 1),
+            "topk_stored": torch.zeros(batch, length - 1, dtype=torch.bool),
+        }
+        for i, entry in enumerate(cached):
+            at, w = entry.positions, entry.indices.shape[1]
+            out["topk_indices"][i, at, :w] = entry.indices.long()
+            out["topk_logprobs"][i, at, :w] = entry.logprobs
+            out["topk_tail"][i, at] = entry.tail_mass
+            out["topk_stored"][i, at] = True
         return out
 
 
@@ -202,11 +216,37 @@ def token_batch(inputs: dict[str, Any], keep: Any) -> dict[str, Any]:
     }
 
 
-def topk_for_student(indices: Any, logprobs: Any, tail: Any, width: int | None) -> TopK:
-    """A :class:`TopK` whose ids fit the student: ids past its vocabulary (padding) join the tail."""
-    if width is not None and bool((indices >= width).any()):
-        outside = indices >= width
-        tail = tail + (logprobs.exp() * outside).sum(-1)
-        logprobs = logprobs.masked_fill(outside, -1e4)  # exp() == 0: no mass, no NaN
-        indices = indices.masked_fill(outside, 0)
-    return TopK(indices=indices, logprobs=logprobs, tail_mass=tail)
+def topk_for_student(
+    indices: Any, logprobs: Any, tail: Any, width: int | None, *, vocab: int | None = None
+) -> TopK:
+    """A :class:`TopK` the engine can map the student onto: every id distinct and in range.
+
+    Ids past the student's vocabulary (padding) join the tail with their mass; absent
+    entries (id -1: a sampled row's padding, a row not stored) carry none. Both become
+    distinct *filler* ids -- the smallest ids not in the row -- with probability 0, so the
+    student's mass on a filler id is neither counted twice nor moved into the tail: for a
+    probability-0 bucket the engine's gradient is the student's own probability, as the dense
+    gradient ``q - p`` has it. ``width``: the logits columns both sides share (None: all);
+    ``vocab``: the student's vocabulary size, where fillers are taken from.
+    """
+    import torch
+
+    if width is not None:
+        vocab = width
+    elif vocab is None:
+        vocab = max(int(indices.max()) + 1 if indices.numel() else 1, 2 * indices.shape[-1])
+    absent = (indices < 0) | (indices >= vocab)
+    if not bool(absent.any()):
+        return TopK(indices=indices, logprobs=logprobs, tail_mass=tail)
+    moved = torch.where(absent & (indices >= 0), logprobs.exp(), torch.zeros_like(logprobs))
+    tail = tail + moved.sum(-1)
+    logprobs = logprobs.masked_fill(absent, -1e4)  # exp() == 0: no mass, no NaN
+    n, k = indices.shape
+    span = min(2 * k, vocab)  # 2k candidates: at most k are taken by the row's own ids
+    taken = torch.zeros(n, span + 1, dtype=torch.bool, device=indices.device)
+    present = torch.where(absent | (indices >= span), span, indices)
+    taken.scatter_(1, present, True)
+    free = torch.sort(taken[:, :span].to(torch.int8), dim=1, stable=True).indices  # free first
+    slot = (absent.cumsum(1) - 1).clamp_min(0)  # the j-th absent entry takes the j-th free id
+    fillers = free.gather(1, slot.clamp_max(span - 1))
+    return TopK(indices=torch.where(absent, fillers, indices), logprobs=logprobs, tail_mass=tail)

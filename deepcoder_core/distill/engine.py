@@ -18,7 +18,14 @@ fused linear losses (Hsu et al., 2024), so memory is O(chunk x V) forward and ba
 
 Sparse teachers: the student's distribution is mapped onto the teacher's k ids plus one tail
 bucket holding the remaining mass, so any divergence applies unchanged and k = V equals the
-dense result. Labels are the k = 1 case with probability 1.
+dense result. Labels are the k = 1 case with probability 1. The student is never renormalised
+over the k ids: its mass outside them stays in its tail bucket, so with a teacher tail of 0
+(a sampled teacher, ``p~ = count / K``) forward KL's gradient at an id m is
+``q_m - p~_m`` everywhere, ``q_m`` off the sampled ids -- the dense gradient with ``p~`` for
+``p``, unbiased when ``E[p~] = p`` (Anshumann et al., ACL 2025, "Sparse Logit Sampling").
+A sparse teacher is tempered as one more softmax over its k ids and tail
+(``teacher_topk_tempered=True``: it already is the distribution at T, as sampled rows drawn
+from ``softmax(z / T)`` are).
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ def distill_loss(
     chunk_size: int = 1024,
     normalizer: float | Any | None = None,
     nonfinite: str = "raise",
+    teacher_topk_tempered: bool = False,
 ) -> DistillOutput:
     """Weighted, chunked distillation loss over ``N`` aligned positions (see the module doc).
 
@@ -80,6 +88,7 @@ def distill_loss(
     :param chunk_size: tokens per chunk; memory is O(chunk_size x V).
     :param normalizer: weighted token count of the whole accumulation window (None: this call's).
     :param nonfinite: ``"raise"`` (an error naming the tensor) or ``"skip"`` (drop and count).
+    :param teacher_topk_tempered: ``teacher_topk`` is already at ``temperature`` (not re-tempered).
     """
     run = _Run(
         loss_fn,
@@ -94,6 +103,7 @@ def distill_loss(
         chunk_size=chunk_size,
         normalizer=normalizer,
         nonfinite=nonfinite,
+        topk_tempered=teacher_topk_tempered,
     )
     inputs = (run.student_a, run.student_b)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
@@ -150,8 +160,10 @@ class _Run:
         chunk_size,
         normalizer,
         nonfinite,
+        topk_tempered=False,
     ):
         self.loss_fn = loss_fn
+        self.topk_tempered = bool(topk_tempered)
         self.name = loss_name(loss_fn)
         if nonfinite not in ("raise", "skip"):
             raise DistillError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
@@ -465,7 +477,7 @@ class _Run:
             ],
             dim=1,
         )
-        if self.temperature != 1.0:
+        if self.temperature != 1.0 and not self.topk_tempered:
             # the tail bucket is tempered as one token: exact for the top-k ids only at T = 1
             t_sup = torch.log_softmax(t_sup / self.temperature, dim=-1)
         t_arg = ids.gather(1, t_sup[:, :-1].argmax(dim=-1, keepdim=True)).view(-1)

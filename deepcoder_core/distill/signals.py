@@ -16,13 +16,8 @@ from typing import Any
 
 from ..config import Config
 from .errors import DistillError, TrainError
-from .teacher_logits import (
-    ScoringTeacher,
-    TeacherLogitsCache,
-    WhiteBoxTeacher,
-    load_teacher,
-    vocab_hash,
-)
+from .teacher_cache import TeacherLogitsCache, vocab_hash
+from .teacher_logits import ScoringTeacher, WhiteBoxTeacher, load_teacher
 
 SIGNAL_HELP = {
     "distribution": "teacher logits (dense or top-k) from a white-box teacher",

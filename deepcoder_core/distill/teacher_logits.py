@@ -1,19 +1,33 @@
-"""Teacher signal for training: a local white-box teacher, and the sparse top-k logit cache.
+"""Teacher signal for training: a local white-box teacher, and the sparse teacher-logit cache.
 
-The cache keeps, for every position ``i`` of every example (position ``i`` predicts token
-``i+1``), the teacher's ``k`` most likely next tokens and their log-probabilities, plus the
-mass left outside them (``tail = 1 - sum_j exp(logp_j)``); the loss engine completes the
-distribution with one tail bucket (the sparse-KD approximation of Raman et al. 2023,
-"For distillation, tokens are not all you need"). Layout of a cache folder::
+The cache keeps, for the positions that train (position ``i`` predicts token ``i+1``; a
+position is stored when its span type is in the cache's span set,
+:mod:`~deepcoder_core.distill.cache_spans`), one of two sparse teacher distributions:
 
-    manifest.json                 fingerprint, dataset fingerprint, teacher, top_k, vocab, shards
-    shard-00000.safetensors       offsets int64[m+1], indices int32[n,k], logprobs float16[n,k],
-    ...                           tail_mass float32[n]   (n = sum of (length - 1) over m examples)
+- ``topk``: the teacher's ``k`` most likely next tokens, their probabilities and the mass
+  left outside them (``tail = 1 - sum_j p_j``); the loss engine completes the distribution
+  with one tail bucket (the sparse-KD approximation of Raman et al. 2023, "For
+  distillation, tokens are not all you need"). Biased: the student never sees the tail's
+  shape.
+- ``sampled``: ``K`` ids drawn with replacement from the teacher's distribution at the
+  loss temperature, ``p~_j = count_j / K`` (Random-Sampling KD of Anshumann et al., ACL
+  2025, "Sparse Logit Sampling: Accelerating Knowledge Distillation in LLMs", with the
+  proposal equal to the target, so every importance weight is 1). ``E[p~] = p``, so for a
+  loss linear in ``p`` -- forward KL's cross-entropy ``-sum_j p_j log q_j`` -- the loss is
+  unbiased up to the teacher-entropy constant and its gradient ``softmax(z / T) - p`` is
+  unbiased exactly.
+
+Entries are bit-packed (:mod:`~deepcoder_core.distill.cache_format`: about 114 bytes a
+top-64 position, ``KL(exact || stored) <= 5.7e-4`` nats); the folder layout and the reader
+are in :mod:`~deepcoder_core.distill.teacher_cache`. Scoring runs the teacher over each
+whole example, then projects, extracts and moves off the device only the stored positions.
 
 Shards are written atomically and listed in the manifest as they finish, so a killed run
 resumes at the first missing shard. The fingerprint covers the dataset fingerprint, the
 teacher identity (model folder: config and weight-file headers; remote: plugin and model
-name) and ``top_k``; training refuses a cache whose fingerprint does not match.
+name), the format, ``k``, the span set, the sampling temperature and the codec; training
+refuses a cache written for another dataset or tokenizer, one whose span set misses a span
+type the weighting trains, and a sampled cache drawn at another temperature.
 """
 
 from __future__ import annotations
@@ -22,42 +36,31 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from ..config import Config, config_options
 from ..io import atomic_write_json
+from . import cache_format
+from .cache_spans import span_names, stored_positions, stored_spans
 from .data import load_processed
 from .errors import CacheError, one_line_errors
-
-SCHEMA = 1
-MANIFEST = "manifest.json"
-
-
-# ---------------------------------------------------------------------------- dataset
-
-
-def dataset_fingerprint(dataset: Any) -> str:
-    """``datasets``' own content fingerprint, plus the row count."""
-    return f"{dataset._fingerprint}:{len(dataset)}"
-
+from .teacher_cache import (
+    CODEC,
+    FORMATS,
+    MANIFEST,
+    SCHEMA,
+    dataset_fingerprint,
+    read_manifest,
+    shard_tensors,
+    vocab_hash,
+)
 
 # ---------------------------------------------------------------------------- teachers
-
-
-def vocab_hash(tokenizer: Any) -> str:
-    """A hash of the token -> id map: equal hashes mean the same vocabulary."""
-    cached = getattr(tokenizer, "_deepcoder_vocab_hash", None)
-    if cached is not None:
-        return cached
-    items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    digest = hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
-    tokenizer._deepcoder_vocab_hash = digest  # tokenizers are loaded once per folder (cached)
-    return digest
 
 
 def model_folder_hash(path: str | Path) -> str:
@@ -182,7 +185,7 @@ def _wrap_plugin(plugin: Any, model_name: str, name: str) -> WhiteBoxTeacher | S
     )
 
 
-# ---------------------------------------------------------------------------- top-k
+# ---------------------------------------------------------------------------- scoring
 
 
 def topk_from_logits(logits: Any, k: int) -> tuple[Any, Any, Any]:
@@ -195,24 +198,56 @@ def topk_from_logits(logits: Any, k: int) -> tuple[Any, Any, Any]:
     return indices.to(torch.int32), values, tail
 
 
-def _score_examples(
-    teacher: WhiteBoxTeacher | ScoringTeacher, rows: list[list[int]], k: int, chunk: int = 512
-) -> list[tuple[Any, Any, Any]]:
-    """Top-k of positions ``0..len-2`` of each example (one batched forward for white-box teachers)."""
+def sample_from_logits(logits: Any, draws: int, temperature: float, generator: Any) -> Any:
+    """``[n, draws]`` ids drawn with replacement from ``softmax(logits / temperature)``."""
     import torch
 
-    out: list[tuple[Any, Any, Any]] = []
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, draws, replacement=True, generator=generator)
+
+
+@dataclass
+class Scoring:
+    """What to extract at the stored positions: ``topk`` (k) or ``sampled`` (K draws at T)."""
+
+    format: str
+    k: int
+    temperature: float = 1.0
+    generator: Any = None  # torch.Generator on the teacher's device (sampled)
+    chunk: int = 512  # positions projected at once: float32 logits stay O(chunk x V)
+
+    def extract(self, logits: Any) -> tuple[Any, ...]:
+        if self.format == "topk":
+            return tuple(t.cpu() for t in topk_from_logits(logits, self.k))
+        return (sample_from_logits(logits, self.k, self.temperature, self.generator).cpu(),)
+
+
+def _score_examples(
+    teacher: WhiteBoxTeacher | ScoringTeacher,
+    rows: list[list[int]],
+    positions: list[np.ndarray],
+    scoring: Scoring,
+) -> list[tuple[Any, ...]]:
+    """The entries of each example's stored ``positions``: one batched forward over the whole
+    context, then logits, extraction and transfer only at those positions."""
+    import torch
+
+    out: list[tuple[Any, ...]] = []
     if isinstance(teacher, ScoringTeacher):
-        for row in rows:
-            top = teacher.plugin.score(row, k)
-            n = len(row) - 1
-            out.append(
-                (
-                    torch.as_tensor(top.indices)[:n].to(torch.int32),
-                    torch.as_tensor(top.logprobs)[:n].float(),
-                    torch.as_tensor(top.tail_mass)[:n].float(),
+        for row, where in zip(rows, positions, strict=True):
+            at = torch.as_tensor(where, dtype=torch.long)
+            if scoring.format == "topk":
+                top = teacher.plugin.score(row, scoring.k)
+                out.append(
+                    (
+                        torch.as_tensor(top.indices)[at].to(torch.int32),
+                        torch.as_tensor(top.logprobs)[at].float(),
+                        torch.as_tensor(top.tail_mass)[at].float(),
+                    )
                 )
-            )
+            else:  # a dense score (top_k=None) holds log-probabilities: tempering them is exact
+                dense = torch.as_tensor(teacher.plugin.score(row, None).logprobs)[at]
+                out.append(scoring.extract(dense))
         return out
     longest = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), longest, dtype=torch.long)
@@ -221,33 +256,84 @@ def _score_examples(
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
     hidden = teacher.hidden_states(ids, mask)
-    for i, row in enumerate(rows):
-        parts = []
-        # Chunks keep the float32 logits at O(chunk x V) memory, whatever the sequence length.
-        for start in range(0, len(row) - 1, chunk):
-            end = min(start + chunk, len(row) - 1)
-            parts.append(topk_from_logits(teacher.logits(hidden[i, start:end]), k))
-        indices, logprobs, tail = (torch.cat([p[j] for p in parts]).cpu() for j in range(3))
-        out.append((indices, logprobs, tail))
+    for i, where in enumerate(positions):
+        picked = hidden[i, torch.as_tensor(where, dtype=torch.long, device=hidden.device)]
+        parts = [
+            scoring.extract(teacher.logits(picked[start : start + scoring.chunk]))
+            for start in range(0, picked.shape[0], scoring.chunk)
+        ]
+        if not parts:  # no stored position: an empty entry of the right shape
+            parts = [scoring.extract(teacher.logits(picked[:0]))]
+        out.append(tuple(torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))))
     return out
+
+
+def _teacher_prefixes(shard: Any) -> list[tuple[list[int], int]] | None:
+    """Each row's ``(teacher_prefix, teacher_prefix_replaces)``; None when no row has one."""
+    if "teacher_prefix" not in shard.column_names:
+        return None
+    pairs = list(zip(shard["teacher_prefix"], shard["teacher_prefix_replaces"], strict=True))
+    return pairs if any(replaces for _, replaces in pairs) else None
+
+
+def teacher_view(
+    rows: list[list[int]], positions: list[np.ndarray], prefixes: list[tuple[list[int], int]]
+) -> tuple[list[list[int]], list[np.ndarray]]:
+    """The rows as the teacher reads them, and the stored positions moved with them.
+
+    A row with privileged exemplars (``teacher_prefix`` replacing its first ``replaces``
+    tokens, the plain system message) is scored as ``prefix + row[replaces:]``: student
+    position ``i`` (predicting token ``i + 1``) is teacher position ``i + len(prefix) -
+    replaces``. Only positions after the system message can be moved (``i >= replaces - 1``);
+    the stored ones always are (they predict assistant tokens).
+    """
+    out_rows, out_positions = [], []
+    for row, where, (prefix, replaces) in zip(rows, positions, prefixes, strict=True):
+        if not replaces:
+            out_rows.append(row)
+            out_positions.append(where)
+            continue
+        if where.size and int(where.min()) < replaces - 1:
+            raise CacheError(
+                f"a stored position ({int(where.min())}) lies inside the system message the "
+                f"teacher's own prefix replaces ({replaces} tokens); re-run `deepcoder process`"
+            )
+        out_rows.append(list(prefix) + row[replaces:])
+        out_positions.append(where + (len(prefix) - replaces))
+    return out_rows, out_positions
+
+
+def _pack(scoring: Scoring, entry: tuple[Any, ...]) -> cache_format.Packed:
+    if scoring.format == "topk":
+        indices, logprobs, tail = (t.numpy() for t in entry)
+        return cache_format.encode_topk(indices, logprobs, tail)
+    return cache_format.encode_sampled(entry[0].numpy())
 
 
 # ---------------------------------------------------------------------------- cache
 
 
-def cache_fingerprint(dataset_fp: str, identity: dict[str, Any], top_k: int) -> str:
-    blob = json.dumps({"dataset": dataset_fp, "teacher": identity, "top_k": top_k}, sort_keys=True)
+def cache_fingerprint(
+    dataset_fp: str,
+    identity: dict[str, Any],
+    fmt: str,
+    k: int,
+    spans: tuple[int, ...],
+    temperature: float | None,
+) -> str:
+    blob = json.dumps(
+        {
+            "dataset": dataset_fp,
+            "teacher": identity,
+            "format": fmt,
+            "k": k,
+            "spans": list(spans),
+            "temperature": temperature,
+            "codec": CODEC,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _read_manifest(out: Path) -> dict[str, Any] | None:
-    path = out / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CacheError(f"{path}: unreadable manifest ({exc}); delete the folder") from None
 
 
 def cache_teacher_logits(
@@ -259,35 +345,56 @@ def cache_teacher_logits(
     top_k: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write (or finish) the top-k cache of ``data`` under ``out``; returns the manifest."""
+    """Write (or finish) the teacher-logit cache of ``data`` under ``out``; returns the manifest.
+
+    ``teacher_logits.format`` picks top-k (``top_k`` or ``teacher_logits.top_k`` ids) or
+    sampled (``teacher_logits.samples`` draws at ``loss.temperature``).
+    """
     import torch
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
     out = Path(out)
     section = config.teacher_logits
-    k = int(top_k or section.top_k)
+    fmt = section.format
+    k = int(top_k or section.top_k) if fmt == "topk" else int(section.samples)
+    temperature = float(config.loss.temperature) if fmt == "sampled" else None
+    spans = stored_spans(config)
+    if not spans:
+        raise CacheError(
+            f"weighting '{config.weighting.name}' gives every span type weight 0 and "
+            "teacher_logits.spans is null: there is nothing to cache"
+        )
     dataset = load_processed(data)
     data_fp = dataset_fingerprint(dataset)
     resolved = load_teacher(config, teacher)
     if resolved.tokenizer is None:
         raise CacheError("the teacher has no tokenizer to fingerprint; use a white-box teacher")
-    fingerprint = cache_fingerprint(data_fp, resolved.identity, k)
-    manifest = _read_manifest(out)
+    fingerprint = cache_fingerprint(data_fp, resolved.identity, fmt, k, spans, temperature)
+    try:
+        manifest = read_manifest(out)
+    except CacheError as exc:
+        raise CacheError(f"{exc}; or choose another --out") from None
     if manifest is not None and manifest.get("fingerprint") != fingerprint:
         raise CacheError(
-            f"{out / MANIFEST}: holds a cache for another dataset, teacher or top_k "
-            f"(fingerprint {manifest.get('fingerprint')}, wanted {fingerprint}); "
+            f"{out / MANIFEST}: holds a cache for another dataset, teacher, format, k, span set "
+            f"or temperature (fingerprint {manifest.get('fingerprint')}, wanted {fingerprint}); "
             "choose another --out or delete that folder"
         )
     if manifest is None:
         manifest = {
             "schema": SCHEMA,
+            "format": fmt,
+            "k": k,
+            "top_k": k if fmt == "topk" else None,
+            "samples": k if fmt == "sampled" else None,
+            "temperature": temperature,
+            "spans": span_names(spans),
+            "codec": CODEC | ({"kl_bound": cache_format.kl_bound(k)} if fmt == "topk" else {}),
             "fingerprint": fingerprint,
             "dataset": str(Path(data).resolve()),
             "dataset_fingerprint": data_fp,
             "num_examples": len(dataset),
             "teacher": resolved.identity,
-            "top_k": k,
             "vocab_size": resolved.vocab_size if isinstance(resolved, WhiteBoxTeacher) else None,
             "vocab_hash": vocab_hash(resolved.tokenizer),
             "shard_size": section.shard_size,
@@ -302,34 +409,53 @@ def cache_teacher_logits(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     bar = _progress(progress, len(dataset), len(dataset) - len(todo) * shard_size)
+    device = resolved.device if isinstance(resolved, WhiteBoxTeacher) else "cpu"
     for start in todo:
         end = min(start + shard_size, len(dataset))
         name = f"shard-{start // shard_size:05d}.safetensors"
-        rows = dataset.select(range(start, end))["input_ids"]
-        results = []
+        shard = dataset.select(range(start, end))
+        rows, types = shard["input_ids"], shard["span_type"]
+        generator = None
+        if fmt == "sampled":  # a shard's draws depend only on the fingerprint and the shard
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(fingerprint, 16) % (2**61) + start)
+        scoring = Scoring(fmt, k, temperature or 1.0, generator)
+        positions = [stored_positions(t, spans) for t in types]
+        prefixes = _teacher_prefixes(shard)
+        packed: list[Any] = []
         for b in range(0, len(rows), section.batch_size):
             batch = [list(r) for r in rows[b : b + section.batch_size]]
-            results.extend(_score_examples(resolved, batch, k))
+            where = positions[b : b + section.batch_size]
+            if prefixes is not None:
+                batch, where = teacher_view(batch, where, prefixes[b : b + section.batch_size])
+            entries = _score_examples(resolved, batch, where, scoring)
+            packed.extend(_pack(scoring, entry) for entry in entries)
             if bar is not None:
                 bar.update(len(batch))
-        lengths = [r[0].shape[0] for r in results]
-        tensors = {
-            "offsets": torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()]),
-            "indices": torch.cat([r[0] for r in results]).contiguous(),
-            "logprobs": torch.cat([r[1] for r in results]).to(torch.float16).contiguous(),
-            "tail_mass": torch.cat([r[2] for r in results]).float().contiguous(),
-        }
+        tensors = shard_tensors([len(r) - 1 for r in rows], positions, packed)
         tmp = out / f".{name}.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, out / name)
         manifest["shards"].append(
-            {"file": name, "start": start, "end": end, "positions": sum(lengths)}
+            {
+                "file": name,
+                "start": start,
+                "end": end,
+                "positions": int(sum(p.size for p in positions)),
+                "positions_total": int(sum(len(r) - 1 for r in rows)),
+                "bytes": (out / name).stat().st_size,
+            }
         )
         manifest["shards"].sort(key=lambda s: s["start"])
         atomic_write_json(out / MANIFEST, manifest)
     if bar is not None:
         bar.close()
-    manifest["complete"] = len(manifest["shards"]) == len(starts)
+    shards = manifest["shards"]
+    manifest["complete"] = len(shards) == len(starts)
+    manifest["positions"] = sum(s["positions"] for s in shards)
+    manifest["positions_total"] = sum(s["positions_total"] for s in shards)
+    manifest["bytes"] = sum(s["bytes"] for s in shards)
+    manifest["bytes_per_position"] = round(manifest["bytes"] / max(1, manifest["positions"]), 2)
     manifest["seconds"] = round(time.perf_counter() - started, 3)
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
@@ -340,79 +466,7 @@ def _progress(enabled: bool, total: int, initial: int) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=max(0, initial), desc="teacher top-k", unit="ex")
-
-
-class TeacherLogitsCache:
-    """Reads a finished cache; :meth:`check` refuses one made for other data or another teacher."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        manifest = _read_manifest(self.path)
-        if manifest is None:
-            raise CacheError(
-                f"{self.path}: no {MANIFEST}; write the cache with `deepcoder teacher-logits`"
-            )
-        if not manifest.get("complete"):
-            raise CacheError(
-                f"{self.path / MANIFEST}: the cache is incomplete "
-                f"({len(manifest['shards'])} shards written); re-run `deepcoder teacher-logits` "
-                "with the same arguments to finish it"
-            )
-        self.manifest = manifest
-        self.top_k = int(manifest["top_k"])
-        self._handles: dict[str, Any] = {}
-
-    def check(self, dataset: Any) -> None:
-        """Raise :class:`CacheError` unless the cache was written for exactly this dataset."""
-        current = dataset_fingerprint(dataset)
-        if self.manifest["dataset_fingerprint"] != current:
-            raise CacheError(
-                f"{self.path / MANIFEST}: stale teacher-logit cache: written for dataset "
-                f"{self.manifest['dataset_fingerprint']} ({self.manifest.get('dataset')}), "
-                f"the training data is {current}; re-run `deepcoder teacher-logits`"
-            )
-
-    def check_vocab(self, tokenizer: Any, student_vocab_size: int) -> None:
-        """Same tokenizer required; a different logits width (vocabulary padding) only warns."""
-        if self.manifest["vocab_hash"] != vocab_hash(tokenizer):
-            raise CacheError(
-                f"{self.path / MANIFEST}: the cache was written with another tokenizer than the "
-                "student's; top-k ids only make sense for the same vocabulary"
-            )
-        width = self.manifest.get("vocab_size")
-        if width and width != student_vocab_size:
-            warnings.warn(
-                f"teacher logits have {width} entries, the student's {student_vocab_size} "
-                "(vocabulary padding); ids beyond the student's vocabulary go to the tail mass",
-                stacklevel=2,
-            )
-
-    def _shard(self, index: int) -> tuple[dict[str, Any], Any]:
-        from safetensors import safe_open
-
-        for shard in self.manifest["shards"]:
-            if shard["start"] <= index < shard["end"]:
-                if shard["file"] not in self._handles:
-                    handle = safe_open(str(self.path / shard["file"]), framework="pt")
-                    self._handles[shard["file"]] = (handle, handle.get_tensor("offsets"))
-                return shard, self._handles[shard["file"]]
-        raise CacheError(f"{self.path}: example {index} is not in any shard")
-
-    def example(self, index: int) -> tuple[Any, Any, Any]:
-        """``(indices int32 [L-1,k], logprobs float32 [L-1,k], tail_mass float32 [L-1])``."""
-        shard, (handle, offsets) = self._shard(index)
-        local = index - shard["start"]
-        a, b = int(offsets[local]), int(offsets[local + 1])
-        return (
-            handle.get_slice("indices")[a:b],
-            handle.get_slice("logprobs")[a:b].float(),
-            handle.get_slice("tail_mass")[a:b],
-        )
-
-    def __getstate__(self) -> dict[str, Any]:
-        # File handles do not pickle (dataloader workers); they reopen lazily.
-        return {**self.__dict__, "_handles": {}}
+    return tqdm(total=total, initial=max(0, initial), desc="teacher logits", unit="ex")
 
 
 # ---------------------------------------------------------------------------- command
@@ -423,23 +477,33 @@ class TeacherLogitsCache:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache folder.")
 @click.option("--teacher", help="Teacher plugin name or model folder (default: config teacher).")
 @click.option("--top-k", type=int, help="Tokens kept per position (default: teacher_logits.top_k).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="topk or sampled (default: teacher_logits.format).",
+)
 @config_options
 def teacher_logits_command(
     data: str,
     out: str,
     teacher: str | None,
     top_k: int | None,
+    fmt: str | None,
     config_path: str | None,
     overrides: tuple[str, ...],
 ) -> None:
-    """Cache the teacher's top-k next-token log-probabilities for every token of a dataset."""
+    """Cache the teacher's next-token distribution (top-k or sampled) at the positions that train."""
     from ..config import load_config
 
     with one_line_errors():
-        config = load_config(config_path, overrides, {"teacher_logits.top_k": top_k})
+        flags = {"teacher_logits.top_k": top_k, "teacher_logits.format": fmt}
+        config = load_config(config_path, overrides, flags)
         manifest = cache_teacher_logits(config, data=data, out=out, teacher=teacher)
-    positions = sum(s["positions"] for s in manifest["shards"])
+    what = "top-{k}" if manifest["format"] == "topk" else "{k}-draw sampled"
     click.echo(
-        f"cached top-{manifest['top_k']} teacher log-probs for {manifest['num_examples']} "
-        f"examples ({positions} positions, {len(manifest['shards'])} shards) in {out}"
+        f"cached {what.format(k=manifest['k'])} teacher log-probs for "
+        f"{manifest['num_examples']} examples ({manifest['positions']} of "
+        f"{manifest['positions_total']} positions: {', '.join(manifest['spans'])}; "
+        f"{manifest['bytes_per_position']} bytes each; {len(manifest['shards'])} shards) in {out}"
     )

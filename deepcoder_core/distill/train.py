@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,15 @@ def train(
         tokenizer=tokenizer,
         student_width=student_width,
     )
+    if signal.cache is not None:
+        signal.cache.check_training(config, weighting, loss_fn)  # span set, temperature
+    elif signal.kind != "labels" and _has_teacher_prefix(dataset):
+        warnings.warn(
+            f"{data}: rows carry the teacher's own system message (privileged exemplars), which "
+            "only the teacher-logit cache reads; the online teacher scores the student's prompt "
+            "(set teacher_logits.enabled=true to distil the exemplars away)",
+            stacklevel=2,
+        )
 
     # 3. resume point and running state
     checkpoint = latest_checkpoint(out) if resume else None
@@ -131,6 +141,7 @@ def train(
         weighting=weighting,
         signal=signal.kind,
         teacher=signal.teacher,
+        cache=signal.cache,
         width=signal.width if signal.width != student_width else None,
         ce_fn=ce_fn,
         moe=is_moe(model),
@@ -340,3 +351,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"student: {summary['student']}; metrics: {summary['metrics']}; "
         f"plots: {', '.join(summary['plots'])}"
     )
+
+
+def _has_teacher_prefix(dataset: Any) -> bool:
+    if "teacher_prefix_replaces" not in dataset.column_names:
+        return False
+    return any(dataset["teacher_prefix_replaces"])

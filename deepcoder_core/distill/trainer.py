@@ -39,7 +39,9 @@ from ..protocols import SPAN_NAMES, TrainingState
 from .checkpoint import PREFIX, save_state
 from .data import positions, token_batch, topk_for_student
 from .engine import distill_loss
+from .errors import CacheError
 from .metrics import SPAN_NUMBERS, span_key, span_means, span_totals
+from .teacher_cache import TeacherLogitsCache
 from .teacher_logits import WhiteBoxTeacher
 
 EMA_DECAY = 0.9  # running per-span divergence: ema = 0.9 * ema + 0.1 * this step's mean
@@ -54,6 +56,7 @@ class Setup:
     weighting: Any
     signal: str  # "online" | "aligned" (online, other tokenizer) | "topk" | "labels"
     teacher: WhiteBoxTeacher | None = None
+    cache: TeacherLogitsCache | None = None  # topk: the teacher-logit cache the batches carry
     width: int | None = None  # logits columns both sides share (vocabulary padding differs)
     ce_fn: Any = None  # cross-entropy on the teacher's tokens when loss.ce_weight > 0
     moe: bool = False
@@ -101,6 +104,7 @@ def engine_loss(
         signal["labels"] = teacher["labels"]
     elif "topk" in teacher:
         signal["teacher_topk"] = teacher["topk"]
+        signal["teacher_topk_tempered"] = teacher.get("tempered", False)
     else:
         signal["teacher_logits"] = teacher["hidden"]
     result = distill_loss(
@@ -191,9 +195,11 @@ class DistillTrainer(Trainer):
         )
         if sharded:
             student = outputs.logits[:, :-1][keep][:, : setup.width]
+            vocab = student.shape[-1]
         else:
             hidden = outputs.hidden_states[-1][:, :-1][keep]
             student = (hidden, lm_head_weight(model, setup.width))
+            vocab = student[1].shape[0]
         weights = self.token_weights(inputs, keep).to(inputs["input_ids"].device)
         normalizer = num_items_in_batch
         if normalizer is None:
@@ -203,7 +209,7 @@ class DistillTrainer(Trainer):
         loss, metrics = engine_loss(
             setup,
             student=student,
-            teacher=self.teacher_signal(inputs, keep, labels),
+            teacher=self.teacher_signal(inputs, keep, labels, weights, vocab),
             span_type=span_type,
             weights=weights,
             normalizer=normalizer,
@@ -230,19 +236,32 @@ class DistillTrainer(Trainer):
         loss = loss * max(1, self.args.world_size)
         return (loss, outputs) if return_outputs else loss
 
-    def teacher_signal(self, inputs: dict[str, Any], keep: Any, labels: Any) -> dict[str, Any]:
+    def teacher_signal(
+        self, inputs: dict[str, Any], keep: Any, labels: Any, weights: Any, vocab: int
+    ) -> dict[str, Any]:
         setup = self.setup
         if setup.signal == "labels":
             return {"labels": labels}
         if setup.signal == "topk":
-            return {
-                "topk": topk_for_student(
-                    inputs["topk_indices"][keep],
-                    inputs["topk_logprobs"][keep],
-                    inputs["topk_tail"][keep],
-                    setup.width,
+            assert setup.cache is not None, "a topk signal comes with its cache"
+            missing = (weights > 0) & ~inputs["topk_stored"][keep].to(weights.device)
+            if bool(missing.any()):
+                span = int(inputs["span_type"][:, 1:][keep][missing.cpu()][0])
+                raise CacheError(
+                    f"{setup.cache.path / 'manifest.json'}: {int(missing.sum())} position(s) "
+                    f"of span type {SPAN_NAMES[span]} have weight > 0 but the cache stores "
+                    f"{', '.join(setup.cache.manifest['spans'])} only; rebuild it with "
+                    "teacher_logits.spans including that span type"
                 )
-            }
+            topk = topk_for_student(
+                inputs["topk_indices"][keep],
+                inputs["topk_logprobs"][keep],
+                inputs["topk_tail"][keep],
+                setup.width,
+                vocab=vocab,
+            )
+            # sampled rows were drawn at loss.temperature already: the engine must not re-temper
+            return {"topk": topk, "tempered": setup.cache.format == "sampled"}
         started = time.perf_counter()
         teacher = setup.teacher
         assert teacher is not None, "a hidden-state signal comes with its teacher"
