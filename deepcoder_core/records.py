@@ -123,12 +123,15 @@ class Trajectory:
     error: str | None = None
     category: str | None = None
     difficulty: str | None = None
+    # the system prompt the teacher saw when it differs from messages[0] (privileged exemplars)
+    teacher_system: str | None = None
+    scaffold: dict[str, Any] | None = None  # the agent.scaffold aids this run had, if any
     schema: int = TRAJECTORY_SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     _KNOWN = (
         "schema id problem_id sample teacher messages steps final_answer success tests_passed "
-        "tests_total usage timing error category difficulty"
+        "tests_total usage timing error category difficulty teacher_system scaffold"
     ).split()
 
     @property
@@ -181,6 +184,10 @@ class Trajectory:
             error=_check(data.get("error"), (str,), "error", optional=True),
             category=_check(data.get("category"), (str,), "category", optional=True),
             difficulty=_check(data.get("difficulty"), (str,), "difficulty", optional=True),
+            teacher_system=_check(
+                data.get("teacher_system"), (str,), "teacher_system", optional=True
+            ),
+            scaffold=_check(data.get("scaffold"), (dict,), "scaffold", optional=True),
             schema=schema,
             extra={k: v for k, v in data.items() if k not in cls._KNOWN},
         )
@@ -211,6 +218,8 @@ class Trajectory:
             "error": self.error,
             "category": self.category,
             "difficulty": self.difficulty,
+            **({"teacher_system": self.teacher_system} if self.teacher_system is not None else {}),
+            **({"scaffold": self.scaffold} if self.scaffold is not None else {}),
             **self.extra,
         }
 

@@ -72,7 +72,9 @@ def _python_tool():
         pytest.skip(f"the python tool plugin is not installed yet: {exc}")
 
 
-CONFIG = AgentConfig(max_steps=4, max_new_tokens=64, token_budget=4096, tool_timeout=5.0)
+CONFIG = AgentConfig(
+    max_steps=4, max_new_tokens=64, token_budget=4096, tool_timeout=5.0, max_format_errors=0
+)
 
 
 # ---------------------------------------------------------------------------- the done-when run

@@ -48,6 +48,8 @@ def test_writes_the_dataset_contract_and_a_summary(tmp_path, tok):
         "difficulty",
         "category",
         "success",
+        "teacher_prefix",
+        "teacher_prefix_replaces",
     ]
     assert str(data.features["input_ids"].feature.dtype) == "int32"
     assert str(data.features["span_type"].feature.dtype) == "int8"
@@ -376,3 +378,22 @@ def test_a_record_from_the_real_agent(tmp_path, tok):
     assert tok.decode(ids[types == SpanType.ANSWER]).startswith("Final Answer:")
     reasoning = tok.decode(ids[types == SpanType.REASONING])
     assert "Check first." not in reasoning and "Thought: I will test it." in reasoning
+
+
+def test_privileged_exemplars_give_the_teacher_its_own_system_message(tmp_path, tok):
+    plain, privileged = trajectory(0, success=True), trajectory(1, success=True)
+    privileged["teacher_system"] = "You are the teacher. Examples: ... many worked examples ..."
+    _, data, _ = run(tmp_path, [plain, privileged])
+    rows = {row["trajectory_id"]: row for row in data}
+    assert rows[plain["id"]]["teacher_prefix"] == []
+    assert rows[plain["id"]]["teacher_prefix_replaces"] == 0
+    row = rows[privileged["id"]]
+    system = privileged["messages"][0]["content"]
+
+    def tokens(text):
+        rendered = tok.apply_chat_template([{"role": "system", "content": text}], tokenize=False)
+        return tok(rendered, add_special_tokens=False).input_ids
+
+    # the student's row starts with the plain system message; the teacher's with its own
+    assert row["input_ids"][: row["teacher_prefix_replaces"]] == tokens(system)
+    assert row["teacher_prefix"] == tokens(privileged["teacher_system"])

@@ -17,10 +17,11 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ..protocols import Completion, Observation
+from ..protocols import Completion, Observation, Usage
 from ..react_format import STOP
 from ..records import Action, Step, TeacherInfo, Trajectory
 from .react import defines_entry_point, parse_step, reply_code_blocks, tool_calls_from, tool_name
+from .scaffold import Request, SkeletonStep, exemplars_block, majority_choice
 
 if TYPE_CHECKING:
     from ..config import AgentConfig, Config
@@ -76,15 +77,18 @@ FORMAT_HINT = (
 )
 
 
-def system_prompt(tools: dict[str, Tool], template: str | None = None) -> str:
+def system_prompt(
+    tools: dict[str, Tool], template: str | None = None, example: str | None = None
+) -> str:
     """The ReAct system prompt; a custom template may use ``{tools}``, ``{tool_names}`` and
-    ``{example}``."""
+    ``{example}`` (``example``: what replaces it, default the built-in worked example)."""
     listing = "\n".join(
         f"- {name}: {getattr(tool, 'description', '')}" for name, tool in tools.items()
     )
     names = ", ".join(tools) or "none"
     template = template or DEFAULT_SYSTEM_PROMPT
-    example = EXAMPLE if "python" in tools else ""
+    if example is None:
+        example = EXAMPLE if "python" in tools else ""
     return (
         template.replace("{tools}", listing or "(none)")
         .replace("{tool_names}", names)
@@ -100,7 +104,7 @@ def problem_message(problem: Problem) -> str:
     return text
 
 
-def _run_tool(tool: Tool, tool_input: str, timeout: float, session: str) -> Observation:
+def _run_tool(tool: Tool, tool_input: str, timeout: float, session: str | None) -> Observation:
     """Run a tool with the agent's timeout; a tool that overruns it or raises gives an error
     observation (the thread of an overrunning tool is left to the tool's own limits)."""
     box: dict[str, Any] = {}
@@ -141,6 +145,8 @@ class AgentRun:
         config: AgentConfig,
         sample: int = 0,
         trajectory_id: str | None = None,
+        scaffold: bool = True,
+        exclude: set[str] | None = None,
     ) -> None:
         self.problem = problem
         self.teacher_info = dict(teacher_info)
@@ -148,10 +154,28 @@ class AgentRun:
         self.config = config
         self.sample = sample
         self.id = trajectory_id or f"{problem.id}#{sample}-{uuid.uuid4().hex[:8]}"
+        plain = system_prompt(self.tools, config.system_prompt)
         self._messages: list[dict[str, Any]] = [
-            {"role": "system", "content": system_prompt(self.tools, config.system_prompt)},
+            {"role": "system", "content": plain},
             {"role": "user", "content": problem_message(problem)},
         ]
+        # ``scaffold`` False: this agent acts on its own whatever agent.scaffold says (students)
+        self.scaffold = config.scaffold if scaffold else None
+        self._teacher_system: str | None = (
+            None  # the exemplar prompt, when only the teacher sees it
+        )
+        if self.scaffold is not None and self.scaffold.exemplars > 0:
+            block = exemplars_block(
+                self.scaffold.exemplars, {problem.id, *(exclude or ())}, self.tools.get("python")
+            )
+            if block:
+                shown = system_prompt(self.tools, config.system_prompt, example=block)
+                if self.scaffold.privileged:
+                    self._teacher_system = shown
+                else:
+                    self._messages[0]["content"] = shown
+        self._skeleton: SkeletonStep | None = None
+        self._format_errors = 0  # consecutive replies with neither a valid action nor an answer
         self.steps: list[Step] = []
         self.final_answer: str | None = None
         self.error: str | None = None
@@ -164,8 +188,77 @@ class AgentRun:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        """The chat to send to the teacher next (a copy)."""
-        return [dict(m) for m in self._messages]
+        """The chat to send to the teacher next (a copy), with the teacher's own system prompt."""
+        chat = [dict(m) for m in self._messages]
+        if self._teacher_system is not None:
+            chat[0]["content"] = self._teacher_system
+        return chat
+
+    @property
+    def skeleton(self) -> bool:
+        return self.scaffold is not None and self.scaffold.skeleton
+
+    def request(self) -> Request:
+        """The next teacher call: the chat, and with the skeleton the part to decode next."""
+        if not self.skeleton:
+            return Request(self.messages)
+        scaffold = self.scaffold
+        if self._skeleton is None and scaffold is not None:
+            acted = any(s.action is not None and s.observation_ok for s in self.steps)
+            last = self.steps[-1].action if self.steps else None
+            ran = last is not None and bool(self.steps[-1].observation_ok)
+            self._skeleton = SkeletonStep(
+                tools=list(self.tools),
+                must_act=scaffold.act_first and not acted,
+                must_answer=scaffold.answer_after_run
+                and ran
+                and last is not None
+                and last.tool == "python",
+                max_new_tokens=self.config.max_new_tokens,
+                samples=scaffold.action_samples,
+            )
+        assert self._skeleton is not None
+        return self._skeleton.request(self.messages)
+
+    def take(self, completions: list[Completion]) -> None:
+        """Take the teacher's replies to :meth:`request` (one per sample)."""
+        if self.done:
+            return
+        if not self.skeleton:
+            self.advance(completions[0])
+            return
+        try:
+            self._take_part(completions)
+        except Exception as exc:  # bad teacher output must end the run, not the generator
+            self.fail(f"agent error: {type(exc).__name__}: {exc}")
+
+    def _take_part(self, completions: list[Completion]) -> None:
+        part = self._skeleton
+        assert part is not None
+        texts = [c.text if isinstance(c.text, str) else str(c.text or "") for c in completions]
+        used = sum(int(getattr(c.usage, "completion_tokens", 0) or 0) for c in completions)
+        part.take(texts, used)
+        if part.state == "pick":
+            part.close(part.candidates[self._pick_candidate(part.candidates)])
+        if not part.done:
+            return
+        self._skeleton = None
+        usage = Usage(completion_tokens=part.tokens)
+        self._advance(Completion(text=part.text, usage=usage))
+
+    def _pick_candidate(self, candidates: list[str]) -> int:
+        """Self-consistency: run each candidate (without the session's state) and keep the
+        majority execution result."""
+        tool = self.tools.get("python")
+        if tool is None:
+            return 0
+        observations = [
+            _run_tool(tool, code, self.config.tool_timeout, None)
+            if code.strip()
+            else Observation("empty input", ok=False)
+            for code in candidates
+        ]
+        return majority_choice(observations)
 
     def advance(self, completion: Completion | str) -> None:
         """Take one teacher reply: run its action and append the observation, or finish."""
@@ -209,9 +302,11 @@ class AgentRun:
             self.done = True
             return
         if parsed.action is not None and not parsed.error:
+            self._format_errors = 0
             step.action = Action(tool=parsed.action["tool"], input=parsed.action["input"])
             observation = self._observe(step.action)
         else:
+            self._format_errors += 1
             names = ", ".join(self.tools) or "none"
             observation = Observation(
                 FORMAT_HINT.format(error=parsed.error, tool_names=names), ok=False
@@ -229,13 +324,30 @@ class AgentRun:
         return _run_tool(tool, action.input, self.config.tool_timeout, self.id)
 
     def _check_limits(self) -> None:
-        if len(self.steps) >= self.config.max_steps:
+        limit = self.config.max_format_errors
+        if limit and self._format_errors >= limit:
+            # a model that never writes a valid step would otherwise run to every limit
+            self.fail(f"stopped after {self._format_errors} consecutive format errors")
+        elif len(self.steps) >= self.config.max_steps:
             self.fail(f"no Final Answer after max_steps={self.config.max_steps} steps")
         elif self._budget_used >= self.config.token_budget:
             self.fail(
                 f"no Final Answer within the token budget "
                 f"({self._budget_used} >= {self.config.token_budget} completion tokens)"
             )
+
+    def _scaffold_record(self) -> dict[str, Any] | None:
+        """What scaffolding this run had (None: none), so a reader knows how it was made."""
+        scaffold = self.scaffold
+        if scaffold is None or not (scaffold.exemplars or scaffold.skeleton):
+            return None
+        return {
+            "exemplars": scaffold.exemplars if scaffold.exemplars else 0,
+            "skeleton": scaffold.skeleton,
+            "act_first": scaffold.act_first,
+            "action_samples": scaffold.action_samples,
+            "privileged": self._teacher_system is not None,
+        }
 
     def fail(self, error: str) -> None:
         """End the run with a recorded error (teacher failure, limits)."""
@@ -298,7 +410,9 @@ class AgentRun:
                 model=self.teacher_info.get("model"),
                 params=self.teacher_info.get("params") or {},
             ),
-            messages=self.messages,
+            messages=[dict(m) for m in self._messages],
+            teacher_system=self._teacher_system,
+            scaffold=self._scaffold_record(),
             steps=list(self.steps),
             final_answer=self.final_answer if self.final_answer is not None else code,
             success=bool(success),
@@ -332,15 +446,34 @@ def run_agent(
         "model": getattr(teacher, "model", None),
         "params": params,
     }
+    check_prefill(teacher, config)
     run = AgentRun(problem, info, tools, config, sample=sample)
     while not run.done:
+        request = run.request()
         try:
-            completion = teacher.complete(run.messages, **params)
+            completions = [
+                teacher.complete(request.messages, **{**params, **request.params})
+                for _ in range(request.samples)
+            ]
         except Exception as exc:  # network, rate limit, model errors: recorded, run ends
             run.fail(f"teacher error: {type(exc).__name__}: {exc}")
             break
-        run.advance(completion)
+        run.take(completions)
     return run.finish()
+
+
+def check_prefill(teacher: Any, config: AgentConfig, name: str | None = None) -> None:
+    """Skeleton decoding continues partial replies: refuse, before any run, a teacher that cannot."""
+    from ..teachers import TeacherError
+
+    if config.scaffold.skeleton and not getattr(teacher, "supports_prefill", False):
+        name = name or getattr(teacher, "plugin_name", None) or type(teacher).__name__
+        raise TeacherError(
+            f"agent.scaffold.skeleton needs a teacher that continues a partial reply (hf); "
+            f"teacher '{name}' does not: set agent.scaffold.skeleton=false",
+            kind="capability",
+            fatal=True,
+        )
 
 
 def build_tools(config: Config) -> dict[str, Tool]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..teachers import TeacherError
-from .loop import AgentRun
+from .loop import AgentRun, check_prefill
 
 if TYPE_CHECKING:
     from ..config import AgentConfig
@@ -57,19 +57,33 @@ def run_agents(
     seed: int,
     id_prefix: str = "",
     failed_ids: set[str] | None = None,
+    scaffold: bool = True,
+    exclude: set[str] | None = None,
 ) -> None:
     """Run one agent per ``(problem, sample)`` of ``jobs`` to its end; batched if the teacher
     has ``complete_batch``, else threaded.
 
     ``info`` is the trajectories' ``teacher`` field; its ``params`` are the sampling params
     sent with every call. Trajectory ids are ``<id_prefix><problem_id>#<sample>``. The ids of
-    runs a teacher error ended are added to ``failed_ids``.
+    runs a teacher error ended are added to ``failed_ids``. ``scaffold`` False: the agents act
+    without ``agent.scaffold`` (students); ``exclude``: problem ids no exemplar may come from.
     """
 
     def start(problem: Problem, sample: int) -> AgentRun:
         trajectory_id = f"{id_prefix}{problem.id}#{sample}"
-        return AgentRun(problem, info, tools, agent, sample=sample, trajectory_id=trajectory_id)
+        return AgentRun(
+            problem,
+            info,
+            tools,
+            agent,
+            sample=sample,
+            trajectory_id=trajectory_id,
+            scaffold=scaffold,
+            exclude=exclude,
+        )
 
+    if scaffold:
+        check_prefill(teacher, agent, info.get("plugin"))
     work = Work(
         teacher=teacher,
         pending=deque(jobs),
@@ -111,15 +125,20 @@ def run_concurrent(work: Work) -> None:
         run = work.start(problem, sample)
         while not run.done:
             extra = {"key": (problem.id, sample, len(run.steps))} if keyed else {}
+            request = run.request()
+            params = {**work.params, **request.params, **extra}
             try:
-                completion = work.teacher.complete(run.messages, **work.params, **extra)
+                completions = [
+                    work.teacher.complete(request.messages, **params)
+                    for _ in range(request.samples)
+                ]
             except Exception as exc:  # any teacher fault is this trajectory's error
                 if _fatal(exc):
                     raise
                 work.failed_ids.add(run.id)
                 run.fail(teacher_error_text(exc))
                 break
-            run.advance(completion)
+            run.take(completions)
         run.finish()  # checks the answer here, in the agent's thread, not the writer's
         return run
 
@@ -140,7 +159,9 @@ def run_concurrent(work: Work) -> None:
 def run_batched(work: Work, *, seed: int) -> None:
     """All active agents step together: one ``complete_batch`` call per step of the batch.
 
-    Tools of a step run in a pool of ``min(8, concurrency)`` threads.
+    With skeleton decoding agents ask for different parts (a thought line, a code block) with
+    different stops: one batched call per kind of part, each sample a row of it. Tools of a
+    step run in a pool of ``min(8, concurrency)`` threads.
     """
     import torch
 
@@ -152,25 +173,39 @@ def run_batched(work: Work, *, seed: int) -> None:
         while work.pending or active:
             while work.pending and len(active) < work.concurrency:
                 active.append(work.start(*work.pending.popleft()))
-            try:
-                completions = work.teacher.complete_batch(
-                    [run.messages for run in active], **work.params
-                )
-            except Exception as exc:  # a local model fault fails this batch's trajectories only
-                if _fatal(exc):
-                    raise
-                completions = None
-                error = exc
-            if completions is None:
+            replies, error = _batched_replies(work, active)
+            if replies is None:
                 for run in active:
                     work.failed_ids.add(run.id)
                     run.fail(teacher_error_text(error))
             else:
                 # Tools (the sandbox) run in parallel; the model is idle meanwhile anyway.
-                list(
-                    pool.map(lambda rc: rc[0].advance(rc[1]), zip(active, completions, strict=True))
-                )
+                list(pool.map(lambda rc: rc[0].take(rc[1]), zip(active, replies, strict=True)))
             finished = [run for run in active if run.done]
             active = [run for run in active if not run.done]
             for run in pool.map(lambda r: (r.finish(), r)[1], finished):
                 work.record(run)
+
+
+def _batched_replies(work: Work, active: list[Any]) -> tuple[list[Any] | None, Any]:
+    """Each active run's replies to its request, from one ``complete_batch`` per group of
+    requests with the same params; ``(None, error)`` if a non-fatal teacher fault hit."""
+    requests = [run.request() for run in active]
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(request.key(), []).append(i)
+    replies: list[list[Any]] = [[] for _ in active]
+    for members in groups.values():
+        params = {**work.params, **requests[members[0]].params}
+        rows = [i for i in members for _ in range(requests[i].samples)]
+        try:
+            completions = work.teacher.complete_batch(
+                [requests[i].messages for i in rows], **params
+            )
+        except Exception as exc:  # a local model fault fails this batch's trajectories only
+            if _fatal(exc):
+                raise
+            return None, exc
+        for i, completion in zip(rows, completions, strict=True):
+            replies[i].append(completion)
+    return replies, None

@@ -26,6 +26,10 @@ COLUMNS: dict[str, str] = {
     "difficulty": "string",
     "category": "string",
     "success": "bool",  # formats without a verdict count as successful
+    # privileged exemplars: the teacher read its own system message; these tokens replace the
+    # first ``teacher_prefix_replaces`` input_ids when the teacher scores the row (else empty, 0)
+    "teacher_prefix": "int32[]",
+    "teacher_prefix_replaces": "int32",
 }
 PRIVATE: dict[str, str] = {
     "_line": "int64",  # line of the input file
@@ -95,7 +99,9 @@ class Rows:
             }
         )
 
-    def add(self, line, index, parsed, example: Example, note: str, agreement, digest) -> None:
+    def add(
+        self, line, index, parsed, example: Example, note: str, agreement, digest, prefix=None
+    ) -> None:
         import numpy as np
 
         self._append(
@@ -105,6 +111,7 @@ class Rows:
                 "attention_mask": np.ones(len(example.ids), value_type("attention_mask")),
                 "span_type": example.types,
                 "span_confidence": example.conf,
+                **(prefix or {"teacher_prefix": self._none["teacher_prefix"]}),
                 "_drop": "",
                 "_message": "",
                 "_note": note,
@@ -126,6 +133,7 @@ class Rows:
             "difficulty": meta.get("difficulty", ""),
             "category": meta.get("category", ""),
             "success": bool(meta.get("success", False)),
+            "teacher_prefix_replaces": 0,
             "_line": line,
             "_index": index,
             "_format": parsed.format if parsed else fmt,

@@ -59,6 +59,7 @@ class Worker:
         self.detector = build("span_detector", settings.detector, **settings.detector_options)
         self.other = None
         self.agreement_stride = 1  # every k-th record is compared (set per file by process)
+        self._systems: dict[str, Any] = {}  # system text -> its tokens (see _system_ids)
         if settings.agreement_sample > 0:
             try:
                 self.other = build("span_detector", other_detector(settings.detector))
@@ -161,6 +162,7 @@ class Worker:
                 continue
             # the same chat renders to the same text: its hash finds duplicates
             digest = hashlib.sha1(rendered.encode("utf-8", "surrogatepass")).hexdigest()
+            prefix = self._teacher_prefix(parsed, example.ids)
             kept = 0
             for part, piece in enumerate(pieces):
                 reason = self._filter(piece)
@@ -168,11 +170,44 @@ class Worker:
                     if part == 0 and len(pieces) == 1:
                         rows.drop(line, index, reason, "", parsed=parsed, agreement=agreement)
                     continue
-                rows.add(line, index, parsed, piece, note, agreement if kept == 0 else None, digest)
+                first = agreement if kept == 0 else None
+                rows.add(line, index, parsed, piece, note, first, digest, prefix)
                 kept += 1
             if len(pieces) > 1 and not kept:
                 rows.drop(line, index, "too_short", "", parsed=parsed)
         return rows.columns
+
+    def _teacher_prefix(self, parsed: Any, ids: Any) -> dict[str, Any] | None:
+        """The teacher's own system message as tokens, and how many leading tokens of the row
+        they replace (privileged exemplars); None when the record has none or the row does not
+        start with its plain system message (then the teacher scores the row as it is)."""
+        import numpy as np
+
+        text = parsed.meta.get("teacher_system")
+        segments = parsed.segments
+        if not text or not segments or segments[0].role != "system":
+            return None
+        plain = self._system_ids(segments[0].text)
+        if len(plain) > len(ids) or not np.array_equal(np.asarray(ids[: len(plain)]), plain):
+            return None
+        teacher = self._system_ids(text)
+        return {"teacher_prefix": teacher, "teacher_prefix_replaces": len(plain)}
+
+    def _system_ids(self, text: str) -> Any:
+        """Tokens of a system message alone, as the chat template renders it (cached: every
+        record of a run shares one or two system prompts)."""
+        import numpy as np
+
+        cached = self._systems.get(text)
+        if cached is None:
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "system", "content": text}], tokenize=False
+            )
+            ids = self.backend.encode(rendered, add_special_tokens=False).ids
+            cached = self._systems[text] = np.asarray(ids, dtype=np.int32)
+            while len(self._systems) > 8:
+                self._systems.pop(next(iter(self._systems)))
+        return cached
 
     # ------------------------------------------------------------------ encoding
     def _label(

@@ -79,6 +79,7 @@ def parse_deepcoder(record: dict[str, Any]) -> tuple[list[Segment], dict[str, An
         "difficulty": trajectory.difficulty or "",
         "category": trajectory.category or "",
         "success": trajectory.success,
+        "teacher_system": trajectory.teacher_system or "",
     }
     return segments, meta
 

@@ -120,7 +120,14 @@ class HFTeacher:
             out.extend(self._generate(batch[start : start + self.max_batch_size], params))
         return out
 
+    supports_prefill = True  # a chat ending in an assistant turn is continued, not answered
+
     def prompt_text(self, messages: list[dict[str, Any]]) -> str:
+        if messages and messages[-1].get("role") == "assistant":
+            # the unfinished reply stays open: the model writes on from its last character
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, continue_final_message=True, **self.chat_template_kwargs
+            )
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
