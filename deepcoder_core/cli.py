@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "train": "deepcoder_core.distill.train:train_command",
     "merge-lora": "deepcoder_core.distill.student:merge_lora_command",
     "run": "deepcoder_core.pipeline:run_command",
+    "compare": "deepcoder_core.compare:compare_command",
 }
 
 

@@ -481,3 +481,63 @@ def _preflight(config: Config) -> None:
     for tool in config.tools.enabled:
         lookup("tool", tool)
     _build("teacher", config.teacher.name, config.teacher.options)
+
+
+def run_stages(
+    ctx: RunContext,
+    stages: tuple[Stage, ...] | list[Stage],
+    *,
+    force: tuple[str, ...] = (),
+    upstream: list[str] | None = None,
+    label: str = "",
+) -> list[str]:
+    """Run ``stages`` in order in ``ctx.out`` with :func:`run_pipeline`'s rules (skip a stage
+    done with the same fingerprint and output, discard a stale output, record the state);
+    returns the upstream list (``"<fingerprint>:<finished_at>"`` of each enabled stage).
+
+    ``upstream``: what earlier work these stages depend on (another run directory's
+    upstream list), so a change there re-runs them. Progress lines go to stderr, prefixed
+    by ``label``. Used by ``deepcoder compare`` for its shared and per-variant stages.
+    """
+    upstream = list(upstream or [])
+    prefix = f"{label} " if label else ""
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    total = len(stages)
+    for index, stage in enumerate(stages, start=1):
+        if not stage.enabled(ctx):
+            ctx.state["stages"][stage.name] = {"status": "not needed"}
+            ctx.save_state()
+            click.secho(
+                f"{prefix}[{index}/{total}] {stage.name}: not needed", fg="bright_black", err=True
+            )
+            continue
+        fingerprint = _fingerprint(ctx, stage, upstream)
+        previous = ctx.state["stages"].get(stage.name, {})
+        up_to_date = (
+            previous.get("status") == "done"
+            and previous.get("fingerprint") == fingerprint
+            and (ctx.out / stage.output).exists()
+            and stage.name not in force
+        )
+        if up_to_date:
+            click.secho(
+                f"{prefix}[{index}/{total}] {stage.name}: up to date, skipped", fg="green", err=True
+            )
+        else:
+            click.secho(f"{prefix}[{index}/{total}] {stage.name}", fg="cyan", bold=True, err=True)
+            if previous.get("fingerprint") not in (None, fingerprint) or stage.name in force:
+                _discard(ctx.out / stage.output)  # settings or inputs changed: start afresh
+            ctx.state["stages"][stage.name] = {"status": "running", "fingerprint": fingerprint}
+            ctx.save_state()
+            started = time.time()
+            summary = stage.run(ctx)
+            ctx.state["stages"][stage.name] = {
+                "status": "done",
+                "fingerprint": fingerprint,
+                "finished_at": time.time(),
+                "seconds": round(time.time() - started, 2),
+                "summary": summary,
+            }
+            ctx.save_state()
+        upstream.append(f"{fingerprint}:{ctx.state['stages'][stage.name].get('finished_at')}")
+    return upstream

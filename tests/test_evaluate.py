@@ -305,7 +305,16 @@ def test_evaluate_two_models_report_and_resume(config, tmp_path):
     saved = json.loads((out / "report.json").read_text())
     assert saved["models"]["local"]["overall"]["pass@2"] == 0.5
     markdown = (out / "report.md").read_text()
-    assert "| remote | 2 | 4 | 0.500 | 0.500 |" in markdown
+    # pass@1 with its interval: add always solved, upper never, so resampling the two
+    # problems gives 0, 1/2 or 1
+    assert "| remote | 2 | 4 | 0.500 [0.000, 1.000] | 0.500 |" in markdown
+    assert markdown.startswith("# Evaluation report\n\n2 problems, 2 sample(s)")  # no "from `None`"
+    assert saved["models"]["remote"]["overall"]["intervals"]["pass@1"] == [0.0, 1.0]
+    assert saved["charts_skipped"] == {
+        "agreement.png": "no teacher trajectory of these problems to compare with"
+    }
+    assert not (out / "agreement.png").exists()
+    assert "Not drawn: `agreement.png`, no teacher trajectory" in markdown
     assert "## By category" in markdown and "![pass_at_k](pass_at_k.png)" in markdown
     for chart in saved["charts"]:
         assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -53,6 +53,23 @@ def server_spec(url: str, thinking: bool | None) -> dict[str, Any]:
     return {"teacher": "openai", "options": options}
 
 
+LOCAL_RUNTIME = ("device", "dtype", "max_batch_size")
+"""The configured ``hf`` teacher's options a local model under evaluation runs with."""
+
+
+def local_model_spec(config: Config, path: str, thinking: bool | None = None) -> dict[str, Any]:
+    """The ``hf`` teacher spec of a local model folder, run where the configured ``hf``
+    teacher runs (same device, dtype and batch size)."""
+    hf_options = config.teacher.options if config.teacher.name == "hf" else {}
+    options: dict[str, Any] = {
+        "model": path,
+        **{k: v for k, v in hf_options.items() if k in LOCAL_RUNTIME},
+    }
+    if thinking is not None:
+        options["chat_template_kwargs"] = {"enable_thinking": thinking}
+    return {"teacher": "hf", "options": options}
+
+
 def model_specs(
     config: Config,
     local: Iterable[str],
@@ -68,18 +85,12 @@ def model_specs(
             raise EvalError(f"two models are named '{name}'; name them with NAME=...")
         specs[name] = spec
 
-    # Local models run like the configured hf teacher: same device, dtype and batch size.
-    hf_options = config.teacher.options if config.teacher.name == "hf" else {}
-    runtime = {k: v for k, v in hf_options.items() if k in ("device", "dtype", "max_batch_size")}
     for item in local:
         name, path = _split_named(item)
         name = name or Path(path).name or path
         if path.lower() not in ("smollm2", "default") and not Path(path).expanduser().exists():
             raise EvalError(f"--model {item}: folder {path} does not exist")
-        options: dict[str, Any] = {"model": path, **runtime}
-        if thinking is not None:
-            options["chat_template_kwargs"] = {"enable_thinking": thinking}
-        add(name, {"teacher": "hf", "options": options})
+        add(name, local_model_spec(config, path, thinking))
     for index, item in enumerate(servers):
         name, url = _split_named(item)
         name = name or ("server" if index == 0 else f"server{index + 1}")
@@ -156,6 +167,14 @@ def load_eval_problems(
     help="Teacher trajectories JSONL: adds agreement metrics.",
 )
 @click.option(
+    "--reference",
+    default="teacher",
+    show_default=True,
+    metavar="NAME",
+    help="The model whose trajectories here are the others' agreement references "
+    "(when --teacher-trajectories do not cover the problems).",
+)
+@click.option(
     "--thinking/--no-thinking",
     default=None,
     help="Qwen3 enable_thinking for --model/--server (default: the chat template's).",
@@ -174,6 +193,7 @@ def eval_command(
     ks: str | None,
     out: str | None,
     teacher_trajectories: str | None,
+    reference: str,
     thinking: bool | None,
     temperature: float | None,
     config_path: str | None,
@@ -186,7 +206,7 @@ def eval_command(
     deepcoder eval --model runs/default/train/student --teacher hf -n 5 --k 1,5
     deepcoder eval --server http://127.0.0.1:30000/v1 --problems bundled --problems humaneval
     deepcoder eval --model base=runs/a/baseline --model distilled=runs/a/train/student \\
-        --teacher-trajectories runs/a/trajectories.jsonl
+        --teacher teacher=hf    # agreement against the teacher's own trajectories here
     """
     from ..config import apply_sandbox, load_config
     from ..plugins import PluginError
@@ -216,6 +236,7 @@ def eval_command(
             teacher_trajectories=Path(teacher_trajectories) if teacher_trajectories else None,
             source=", ".join(dict.fromkeys(suite_of.values())),
             suite_of=suite_of,
+            reference=reference,
             progress=not quiet,
         )
     except PluginError as exc:  # e.g. an unknown tool in tools.enabled

@@ -12,12 +12,33 @@ Metrics of a group of problems (definitions also written into the report, see
 - ``tool_error_rate``: tool calls whose observation reported failure (the tool failed,
   timed out or does not exist) / tool calls. ``format_error_rate``: replies with neither a
   valid action nor a final answer / replies.
+- ``tool_call_validity``: steps with a parseable action whose tool ran successfully
+  (``step.action is not None and step.observation_ok``) / steps, pooled over the group's
+  trajectories. The denominator is every step, final-answer steps included, so it reads as
+  "how much of the agent's work was a tool call that worked"; an agent that answers at once
+  without calling a tool scores 0.
+- ``format_stopped_rate``: trajectories the agent loop ended early because of repeated
+  format errors (``Trajectory.error`` starting with ``"stopped after"``) / trajectories.
 - ``teacher_error_rate``: trajectories ended by a teacher failure (network, server).
 - ``reasoning_tokens`` / ``action_tokens`` / ``answer_tokens``: mean per trajectory of the
   thoughts plus thinking text, of the tool names plus inputs, and of the final answer.
   Counted with the Qwen3 tokenizer for every model, so models with different vocabularies
   are compared on one scale (a regex word count if the tokenizer files are missing).
 - agreement with teacher trajectories (when given): see :func:`agreement`.
+
+Intervals. ``pass@1``, ``tests_pass_rate``, ``format_error_rate``, ``tool_call_validity``,
+``mean_steps`` and ``format_stopped_rate`` (:data:`INTERVAL_METRICS`) carry a 95% interval:
+a percentile bootstrap (Efron & Tibshirani 1993, "An Introduction to the Bootstrap",
+ch. 13) with two-stage resampling for nested data (Davison & Hinkley 1997, "Bootstrap
+Methods and their Application", section 3.8): each of ``B = 2000`` rounds draws the
+problems with replacement, then, within each drawn problem, its samples with replacement,
+and recomputes the metric; the interval is the 2.5% and 97.5% quantiles of the ``B``
+values. The seed is fixed (0), so a report is reproducible. Resampling problems is what
+makes the interval honest about the problem set being a sample too; resampling samples
+adds the model's own sampling noise. :func:`paired_bootstrap_difference` does the same for
+the difference of two models on the same problems and samples, drawing one set of indices
+for both, so what the problems share cancels; a difference is called only when its
+interval excludes 0.
 """
 
 from __future__ import annotations
@@ -26,8 +47,10 @@ import ast
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import numpy as np
 
 from ..records import Action, Step, Trajectory
 
@@ -151,7 +174,9 @@ def trajectory_measures(trajectory: Trajectory, count: Callable[[str], int]) -> 
         "steps": len(steps),
         "tool_calls": len(calls),
         "tool_errors": sum(1 for s in calls if s.observation_ok is False),
+        "valid_calls": sum(1 for s in calls if s.observation_ok),
         "format_errors": sum(1 for s in steps if not s.action and s.observation_ok is False),
+        "format_stopped": format_stopped(trajectory),
         "reasoning_tokens": sum(count(step_reasoning(s)) for s in steps),
         "action_tokens": sum(count(_action_text(s.action)) for s in steps),
         "answer_tokens": count(trajectory.final_answer or ""),
@@ -160,6 +185,15 @@ def trajectory_measures(trajectory: Trajectory, count: Callable[[str], int]) -> 
         ),
         "teacher_error": (trajectory.error or "").startswith("teacher error"),
     }
+
+
+FORMAT_STOP_PREFIX = "stopped after"
+"""How the agent loop's ``Trajectory.error`` begins when repeated format errors ended a run."""
+
+
+def format_stopped(trajectory: Trajectory) -> bool:
+    """Whether the agent loop ended this trajectory early for repeated format errors."""
+    return (trajectory.error or "").startswith(FORMAT_STOP_PREFIX)
 
 
 def agreement(student: Trajectory, teacher: Trajectory) -> dict[str, float | None]:
@@ -208,6 +242,210 @@ def agreement(student: Trajectory, teacher: Trajectory) -> dict[str, float | Non
     }
 
 
+# ---------------------------------------------------------------------------- intervals
+
+BOOTSTRAP_ROUNDS = 2000
+BOOTSTRAP_SEED = 0
+INTERVAL_LEVEL = 0.95
+
+Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(values [B, P, S, K], mask [B, P, S]) -> [B]``: a metric of ``B`` resampled groups of
+``P`` problems with up to ``S`` samples each; ``K`` numbers per sample; ``mask`` marks the
+real samples."""
+
+
+def problem_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over problems of each problem's mean over its samples (pass@1 = mean c/n)."""
+    per_problem = (values[..., 0] * mask).sum(-1) / mask.sum(-1)
+    return per_problem.mean(-1)
+
+
+def sample_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over every sample of the group (a per-trajectory mean such as ``mean_steps``)."""
+    return (values[..., 0] * mask).sum((-2, -1)) / mask.sum((-2, -1))
+
+
+def ratio(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pooled ratio ``sum(numerator) / sum(denominator)`` over the group's samples
+    (``K = 2``); NaN where the denominator is 0."""
+    top = (values[..., 0] * mask).sum((-2, -1))
+    bottom = (values[..., 1] * mask).sum((-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1), np.nan)
+
+
+def _padded(values_by_problem: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """``[P, S, K]`` values (problems without samples dropped) and ``[P]`` sample counts."""
+    rows = [[np.atleast_1d(np.asarray(v, dtype=float)) for v in vs] for vs in values_by_problem]
+    rows = [r for r in rows if r]
+    if not rows:
+        return np.zeros((0, 0, 1)), np.zeros(0, dtype=int)
+    width = rows[0][0].shape[0]
+    counts = np.array([len(r) for r in rows])
+    out = np.zeros((len(rows), int(counts.max()), width))
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = np.stack(r)
+    return out, counts
+
+
+def bootstrap_draws(
+    counts: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS, seed: int = BOOTSTRAP_SEED
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The resampling of :func:`bootstrap_interval`: ``(problems [B, P], samples [B, P, S],
+    mask [B, P, S])``.
+
+    In this order, from ``numpy.random.default_rng(seed)``: ``integers(0, P, (B, P))`` picks
+    the problems; ``random((B, P, S))`` ``u`` picks, for drawn problem ``p`` with ``n_p``
+    samples, sample ``floor(u * n_p)`` in each of its first ``n_p`` slots (the others are
+    masked out). The same seed and counts give the same draws, so every metric of a group
+    (and both sides of a paired difference) is resampled alike.
+    """
+    rng = np.random.default_rng(seed)
+    problems = rng.integers(0, len(counts), size=(rounds, len(counts)))
+    width = int(counts.max()) if len(counts) else 0
+    u = rng.random((rounds, len(counts), width))
+    n = counts[problems]
+    samples = np.floor(u * n[..., None]).astype(int)
+    mask = np.arange(width) < n[..., None]
+    return problems, samples, mask
+
+
+def _percentile(values: np.ndarray, level: float) -> tuple[float, float] | None:
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return None
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def bootstrap_interval(
+    values_by_problem: Sequence[Sequence[Any]],
+    statistic: Statistic = problem_mean,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = INTERVAL_LEVEL,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``statistic`` over problems x samples (module
+    docstring): ``values_by_problem[p][s]`` is sample ``s`` of problem ``p``, a number or a
+    tuple (``ratio`` takes ``(numerator, denominator)``). None when there is no data (or the
+    statistic is undefined in every round)."""
+    values, counts = _padded(values_by_problem)
+    if not len(counts):
+        return None
+    problems, samples, mask = bootstrap_draws(counts, rounds, seed)
+    drawn = values[problems[..., None], samples]
+    return _percentile(statistic(drawn, mask), level)
+
+
+def paired_bootstrap_difference(
+    a_by_problem: Sequence[Sequence[Any]],
+    b_by_problem: Sequence[Sequence[Any]],
+    statistic: Statistic = problem_mean,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = INTERVAL_LEVEL,
+) -> dict[str, Any] | None:
+    """``statistic(a) - statistic(b)`` with its paired percentile bootstrap interval: ``a``
+    and ``b`` hold the same problems and samples in the same order (sample ``s`` of problem
+    ``p`` of one is paired with the other's), and each round draws one set of indices for
+    both. Returns ``{difference, interval: [lo, hi], excludes_zero}``, None without data."""
+    a, counts = _padded(a_by_problem)
+    b, b_counts = _padded(b_by_problem)
+    if a.shape[:2] != b.shape[:2] or not np.array_equal(counts, b_counts):
+        raise ValueError("a paired difference needs the same problems and samples on both sides")
+    if not len(counts):
+        return None
+    full = (np.arange(a.shape[1]) < counts[:, None])[None]
+    difference = float(statistic(a[None], full)[0] - statistic(b[None], full)[0])
+    problems, samples, mask = bootstrap_draws(counts, rounds, seed)
+    rows = problems[..., None]
+    deltas = statistic(a[rows, samples], mask) - statistic(b[rows, samples], mask)
+    interval = _percentile(deltas, level)
+    if interval is None or math.isnan(difference):
+        return None
+    return {
+        "difference": difference,
+        "interval": list(interval),
+        "excludes_zero": interval[0] > 0 or interval[1] < 0,
+    }
+
+
+def _interval_values(trajectory: Trajectory) -> dict[str, tuple[float, ...]]:
+    """Per trajectory, the numbers each interval metric's statistic takes."""
+    steps = trajectory.steps
+    total = trajectory.tests_total
+    return {
+        "pass@1": (float(trajectory.success),),
+        "tests_pass_rate": (trajectory.tests_passed / total if total else 0.0,),
+        "format_error_rate": (
+            float(sum(1 for s in steps if not s.action and s.observation_ok is False)),
+            float(len(steps)),
+        ),
+        "tool_call_validity": (
+            float(sum(1 for s in steps if s.action is not None and s.observation_ok)),
+            float(len(steps)),
+        ),
+        "mean_steps": (float(len(steps)),),
+        "format_stopped_rate": (float(format_stopped(trajectory)),),
+    }
+
+
+INTERVAL_METRICS: dict[str, Statistic] = {
+    "pass@1": problem_mean,
+    "tests_pass_rate": sample_mean,
+    "format_error_rate": ratio,
+    "tool_call_validity": ratio,
+    "mean_steps": sample_mean,
+    "format_stopped_rate": sample_mean,
+}
+"""The metrics that carry an interval, and the statistic each is (as in :func:`group_metrics`)."""
+
+
+def interval_values(
+    records: Iterable[Trajectory], keys: Sequence[tuple[str, int]] | None = None
+) -> tuple[list[tuple[str, int]], dict[str, list[list[tuple[float, ...]]]]]:
+    """Per interval metric, the per-sample values grouped by problem, in the order of
+    ``keys`` (``(problem_id, sample)`` pairs; default: the records' own, by first
+    appearance of the problem, then sample). Returns the keys used and the values."""
+    by_key = {(r.problem_id, r.sample): r for r in records}
+    if keys is None:
+        first = {p: i for i, p in enumerate(dict.fromkeys(p for p, _ in by_key))}
+        keys = sorted(by_key, key=lambda k: (first[k[0]], k[1]))
+    grouped: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for key in keys:
+        grouped[key[0]].append(key)
+    values: dict[str, list[list[tuple[float, ...]]]] = {m: [] for m in INTERVAL_METRICS}
+    for problem_keys in grouped.values():
+        rows = [_interval_values(by_key[k]) for k in problem_keys]
+        for metric in INTERVAL_METRICS:
+            values[metric].append([row[metric] for row in rows])
+    return list(keys), values
+
+
+def metric_intervals(records: Iterable[Trajectory]) -> dict[str, list[float] | None]:
+    """The 95% interval of every :data:`INTERVAL_METRICS` metric of a group of trajectories."""
+    _, values = interval_values(records)
+    out: dict[str, list[float] | None] = {}
+    for metric, statistic in INTERVAL_METRICS.items():
+        interval = bootstrap_interval(values[metric], statistic)
+        out[metric] = list(interval) if interval is not None else None
+    return out
+
+
+def paired_differences(a: Iterable[Trajectory], b: Iterable[Trajectory]) -> dict[str, Any]:
+    """``a - b`` for every interval metric, paired on the ``(problem_id, sample)`` pairs both
+    have (:func:`paired_bootstrap_difference`), with ``pairs`` (how many)."""
+    a_by = {(r.problem_id, r.sample): r for r in a}
+    b_by = {(r.problem_id, r.sample): r for r in b}
+    common = [k for k in a_by if k in b_by]
+    keys, a_values = interval_values(a_by.values(), common)
+    _, b_values = interval_values(b_by.values(), keys)
+    out: dict[str, Any] = {"pairs": len(keys)}
+    for metric, statistic in INTERVAL_METRICS.items():
+        out[metric] = paired_bootstrap_difference(a_values[metric], b_values[metric], statistic)
+    return out
+
+
 # ---------------------------------------------------------------------------- metrics
 
 AGREEMENT_KEYS = (
@@ -252,6 +490,8 @@ def group_metrics(
         tool_calls=_mean(m["tool_calls"] for m in measures),
         tool_error_rate=sum(m["tool_errors"] for m in measures) / calls if calls else None,
         format_error_rate=sum(m["format_errors"] for m in measures) / steps if steps else None,
+        tool_call_validity=sum(m["valid_calls"] for m in measures) / steps if steps else None,
+        format_stopped_rate=_mean(float(m["format_stopped"]) for m in measures),
         teacher_error_rate=_mean(float(m["teacher_error"]) for m in measures),
         reasoning_tokens=_mean(m["reasoning_tokens"] for m in measures),
         action_tokens=_mean(m["action_tokens"] for m in measures),
@@ -265,6 +505,7 @@ def group_metrics(
             "trajectories": len(pairs),
             **{key: _mean(p[key] for p in pairs) for key in AGREEMENT_KEYS},
         }
+    out["intervals"] = metric_intervals(records)
     return out
 
 

@@ -19,6 +19,7 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ import click
 from ..errors import StageError
 from ..io import BadLine
 from ..records import Trajectory, read_trajectories
-from .metrics import TokenCounter, model_report
+from .metrics import BOOTSTRAP_ROUNDS, BOOTSTRAP_SEED, INTERVAL_LEVEL, TokenCounter, model_report
 from .report import write_charts, write_report_markdown
 
 if TYPE_CHECKING:
@@ -37,20 +38,34 @@ if TYPE_CHECKING:
 
 REPORT_SCHEMA = 1
 
+INTERVAL = {
+    "method": "percentile bootstrap over problems x samples (Efron & Tibshirani 1993)",
+    "rounds": BOOTSTRAP_ROUNDS,
+    "seed": BOOTSTRAP_SEED,
+    "level": INTERVAL_LEVEL,
+}
+"""How every ``intervals`` entry of a report was computed (:mod:`.metrics`)."""
+
 
 class EvalError(StageError):
     """An evaluation that cannot run as asked (bad model spec, k > n, fatal teacher error)."""
 
 
-def reference_trajectories(path: Path) -> dict[str, Trajectory]:
+def choose_references(trajectories: Iterable[Trajectory]) -> dict[str, Trajectory]:
     """One teacher trajectory per problem: its first successful one, else its first one."""
-    bad: list[BadLine] = []
     chosen: dict[str, Trajectory] = {}
+    for trajectory in trajectories:
+        current = chosen.get(trajectory.problem_id)
+        if current is None or (trajectory.success and not current.success):
+            chosen[trajectory.problem_id] = trajectory
+    return chosen
+
+
+def reference_trajectories(path: Path) -> dict[str, Trajectory]:
+    """:func:`choose_references` of a teacher trajectory file (bad lines are skipped)."""
+    bad: list[BadLine] = []
     try:
-        for trajectory in read_trajectories(path, bad):
-            current = chosen.get(trajectory.problem_id)
-            if current is None or (trajectory.success and not current.success):
-                chosen[trajectory.problem_id] = trajectory
+        chosen = choose_references(read_trajectories(path, bad))
     except OSError as exc:
         raise EvalError(f"teacher trajectories {path}: {exc.strerror}") from None
     if bad:
@@ -103,8 +118,10 @@ def _run_model(
     tools: dict[str, Any],
     directory: Path,
     progress: bool,
+    scaffold: bool = False,
 ) -> list[Trajectory]:
-    """All trajectories of one model, reusing those already in its JSONL file."""
+    """All trajectories of one model, reusing those already in its JSONL file; ``scaffold``:
+    the model acts with ``agent.scaffold`` (exemplars never from an evaluated problem)."""
     from ..agent import AgentRun, run_agents
     from ..io import JsonlWriter, atomic_write_json
     from ..plugins import PluginError, build
@@ -118,6 +135,7 @@ def _run_model(
         "params": params,
         "agent": dataclasses.asdict(config.agent),
         "tools": sorted(tools),
+        "scaffold": scaffold,
     }
     fingerprint = _fingerprint(meta)
     records: dict[tuple[str, int], Trajectory] = {}
@@ -170,6 +188,8 @@ def _run_model(
                     concurrency=config.generation.concurrency,
                     seed=config.generation.seed,
                     id_prefix=f"{_safe_name(name)}/",
+                    scaffold=scaffold,
+                    exclude={p.id for p in problems},
                 )
             except TeacherError as exc:  # a fatal one: this model cannot be evaluated
                 raise EvalError(f"model '{name}': {exc}") from exc
@@ -189,13 +209,26 @@ def evaluate(
     teacher_trajectories: Path | None = None,
     source: str | None = None,
     suite_of: dict[str, str] | None = None,
+    reference: str | None = "teacher",
+    scaffolded: set[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every model of ``models`` (name -> {"teacher": plugin, "options": {...}}) on
     ``problems`` with ``samples`` attempts each; write the report into ``out``; return it.
 
-    ``source`` names the problems in the report; ``suite_of`` (problem id -> set name, e.g.
+    ``source`` names the problems in the report (default: the sets of ``suite_of``; the
+    report names none when neither is given); ``suite_of`` (problem id -> set name, e.g.
     "bundled", "humaneval") adds per-set metrics when the problems come from several sets.
+
+    Agreement metrics compare each model with one teacher trajectory per problem
+    (:func:`choose_references`). The references are ``teacher_trajectories`` when they
+    cover every problem; otherwise, when the model named ``reference`` is evaluated, its
+    own trajectories here (it runs first; it gets no agreement with itself); otherwise
+    ``teacher_trajectories`` as far as they go. ``report["agreement_reference"]`` says which.
+
+    ``scaffolded``: the models that act with ``agent.scaffold`` (default: the ``reference``
+    model, the teacher; every model with ``agent.scaffold.students``); the others act on
+    their own, which is what a distilled student has to learn.
 
     ``samples``/``ks`` default to ``config.eval.samples``/``config.eval.k``; sampling uses
     ``config.eval.temperature`` and ``config.generation.top_p``/``seed``.
@@ -225,9 +258,11 @@ def evaluate(
             "identical; set eval.temperature > 0 for pass@k with k > 1",
             err=True,
         )
-    references = (
-        reference_trajectories(Path(teacher_trajectories)) if teacher_trajectories else None
-    )
+    if source is None and suite_of:
+        source = ", ".join(dict.fromkeys(suite_of.values()))
+    given = reference_trajectories(Path(teacher_trajectories)) if teacher_trajectories else None
+    covered = given is not None and all(p.id in given for p in problems)
+    own = reference if reference in models and not covered else None
     out = Path(out)
     params = {
         "temperature": config.eval.temperature,
@@ -253,19 +288,50 @@ def evaluate(
         "tools": sorted(tools),
         "token_counter": count.name,
         "teacher_trajectories": str(teacher_trajectories) if teacher_trajectories else None,
+        "interval": INTERVAL,
         "models": {},
     }
-    for name, spec in models.items():
+    references = None if own else given
+    results: dict[str, dict[str, Any]] = {}
+    # The reference model first: its trajectories are the others' references.
+    for name in sorted(models, key=lambda n: n != own):
+        spec = models[name]
+        if scaffolded is None:
+            scaffold = name == reference or config.agent.scaffold.students
+        else:
+            scaffold = name in scaffolded
         records = _run_model(
-            config, name, spec, problems, samples, params, tools, out / "trajectories", progress
+            config,
+            name,
+            spec,
+            problems,
+            samples,
+            params,
+            tools,
+            out / "trajectories",
+            progress,
+            scaffold=scaffold,
         )
-        report["models"][name] = {
+        results[name] = {
             "spec": _redacted(spec),
+            "scaffold": scaffold,
             "trajectories": f"trajectories/{_safe_name(name)}.jsonl",
-            **model_report(records, ks, count, references, suite_of),
+            **model_report(records, ks, count, None if name == own else references, suite_of),
         }
+        if name == own:
+            references = choose_references(records)
+    report["models"] = {name: results[name] for name in models}
+    report["agreement_reference"] = (
+        None
+        if references is None
+        else {
+            "kind": "model" if own else "file",
+            "source": own or str(teacher_trajectories),
+            "problems": sum(1 for p in problems if p.id in references),
+        }
+    )
     report["seconds"] = round(time.time() - started, 1)
-    report["charts"] = write_charts(report, out)
+    report["charts"], report["charts_skipped"] = write_charts(report, out)
     atomic_write_json(out / "report.json", report)
     write_report_markdown(report, out / "report.md")
     return report
