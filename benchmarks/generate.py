@@ -11,6 +11,12 @@
    system prompt's KV cache), and versus transformers' own batched ``generate`` (the peer:
    plain weights, ``stop_strings``); completion tokens per second, medians of ``--rounds``
    interleaved rounds (target: ``complete_batch`` at least 3x one after another).
+3. Local engines side by side on the same 8 chats: the ``ct2`` teacher (CTranslate2, float32
+   and int8; 8 at once and one after another) against the above, and llama-cpp-python
+   (the shipped Q4_1 GGUF, one stream) when it is installed; it is a 9-minute source build,
+   so it is reported as skipped otherwise. Install cost is reported per engine (target:
+   ``ct2`` 8 at once at least 3x ``complete_batch`` and at least the best peer at the same
+   precision).
 
 Run under the shared CPU lock: ``flock /tmp/deepcoder-cpu.lock python benchmarks/generate.py``.
 """
@@ -136,7 +142,7 @@ def remote(trajectories: int, steps: int, concurrency: int) -> dict:
     }
 
 
-def local(agents: int, max_new_tokens: int, rounds: int) -> dict:
+def local(agents: int, max_new_tokens: int, rounds: int, engines: bool = True) -> dict:
     import statistics
 
     import torch
@@ -185,6 +191,17 @@ def local(agents: int, max_new_tokens: int, rounds: int) -> dict:
         "one_after_another": lambda: [teacher.complete(c, **params) for c in chats],
         "transformers_generate_batch": peer,
     }
+    if engines:
+        for compute_type in ("float32", "int8"):
+            ct2 = build("teacher", "ct2", compute_type=compute_type)
+            ct2.complete(chats[0], **{**params, "max_new_tokens": 4})  # convert, load, warm up
+            runs[f"ct2_{compute_type}_batch"] = lambda t=ct2: t.complete_batch(chats, **params)
+            runs[f"ct2_{compute_type}_one_after_another"] = lambda t=ct2: [
+                t.complete(c, **params) for c in chats
+            ]
+        llama = llama_cpp_runner(chats, max_new_tokens)
+        if llama is not None:
+            runs["llama_cpp_q4_1_one_after_another"] = llama
     # rounds interleave the three, so machine noise hits them alike; medians are reported
     samples: dict[str, list[tuple[float, int]]] = {name: [] for name in runs}
     for _ in range(rounds):
@@ -214,7 +231,77 @@ def local(agents: int, max_new_tokens: int, rounds: int) -> dict:
     )
     report["target_speedup"] = 3.0
     report["meets_target"] = speedup >= 3.0
+    if engines:
+        best = rates["ct2_int8_batch"]
+        peers_fp32 = max(rates["transformers_generate_batch"], rates["complete_batch"])
+        report["engines"] = {
+            "ct2_int8_batch_vs_complete_batch": round(best / rates["complete_batch"], 2),
+            "ct2_float32_batch_vs_best_float32_peer": round(
+                rates["ct2_float32_batch"] / peers_fp32, 2
+            ),
+            "target": "ct2 8 at once >= 3x complete_batch and >= 66 tok/s",
+            "meets_target": best >= 3 * rates["complete_batch"] and best >= 66,
+            "install": install_cost(),
+        }
+        if "llama_cpp_q4_1_one_after_another" not in rates:
+            report["engines"]["llama_cpp"] = {
+                "measured": False,
+                "why": "llama-cpp-python is not installed: a source build (9 min 17 s here)",
+                "issue_17_figure_not_measured_in_this_run": {"single_stream_tokens_per_s": 71.5},
+            }
     return report
+
+
+def llama_cpp_runner(chats: list, max_new_tokens: int):
+    """One stream through llama-cpp-python on the shipped Q4_1 GGUF, or None if not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    from llama_cpp import Llama
+
+    from deepcoder_core.agent import STOP
+    from deepcoder_core.models import smollm2_gguf_path
+
+    llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=4096, verbose=False)
+
+    def run() -> list[int]:
+        tokens = []
+        for chat in chats:
+            out = llm.create_chat_completion(
+                chat, max_tokens=max_new_tokens, temperature=0, stop=list(STOP)
+            )
+            tokens.append(out["usage"]["completion_tokens"])
+        return tokens
+
+    return run
+
+
+def install_cost() -> dict:
+    """What each engine costs to install: the wheel and its pip time measured here (2 cores)."""
+    from importlib import metadata
+
+    def installed(name: str) -> dict:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return {"installed": False}
+        size = sum((f.size or 0) for f in dist.files or ())
+        return {"installed": True, "version": dist.version, "installed_mb": round(size / 2**20, 1)}
+
+    return {
+        "ctranslate2": {
+            **installed("ctranslate2"),
+            "wheel": "prebuilt manylinux cp311, 42.6 MB",
+            "pip_download_s": 0.7,
+            "pip_install_s": 1.1,  # numpy and pyyaml, its dependencies, are already there
+        },
+        "llama_cpp_python": {
+            **installed("llama-cpp-python"),
+            "wheel": "none on PyPI for this platform: a source build",
+            "pip_install_s": 557,  # 9 min 17 s, issue 17
+        },
+    }
 
 
 def main() -> None:
@@ -227,6 +314,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="local rounds (medians)")
     parser.add_argument("--skip-local", action="store_true", help="Only the remote schedule.")
     parser.add_argument("--skip-remote", action="store_true", help="Only the local schedule.")
+    parser.add_argument(
+        "--skip-engines", action="store_true", help="Local: only hf and transformers."
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -235,7 +325,9 @@ def main() -> None:
     if not args.skip_remote:
         report["remote"] = remote(args.trajectories, args.steps, args.concurrency)
     if not args.skip_local:
-        report["local_hf"] = local(args.agents, args.max_new_tokens, args.rounds)
+        report["local_hf"] = local(
+            args.agents, args.max_new_tokens, args.rounds, not args.skip_engines
+        )
     print(json.dumps(report, indent=2))
 
 

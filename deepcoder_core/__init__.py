@@ -60,6 +60,7 @@ _API = {
     "resolve_model_path": "deepcoder_core.models",
     "load_tokenizer": "deepcoder_core.models",
     "load_causal_lm": "deepcoder_core.models",
+    "model_folder_hash": "deepcoder_core.distill.teacher_logits",  # local engines key conversions by it
     # tools
     "SandboxPool": "deepcoder_core.sandbox",
     "SandboxRequest": "deepcoder_core.sandbox",
