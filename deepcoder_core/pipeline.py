@@ -74,8 +74,8 @@ class RunContext:
         return {"teacher": self.config.teacher.name, "options": dict(self.config.teacher.options)}
 
     def teacher_model_path(self) -> str | None:
-        """The local model folder of a white-box (hf) teacher, else None."""
-        if self.config.teacher.name != "hf":
+        """The local model folder of a local teacher (hf, ct2), else None."""
+        if self.config.teacher.name not in ("hf", "ct2"):
             return None
         from .models import resolve_model_path
 
@@ -229,7 +229,7 @@ def _logits_enabled(ctx: RunContext) -> bool:
             "white-box teacher (hf, or openai against an SGLang server)"
         )
     # Without the cache, training runs the teacher itself: it must be a model in this process.
-    in_process = cfg.teacher.name == "hf" or hasattr(entry.factory, "hf_model")
+    in_process = cfg.teacher.name in ("hf", "ct2") or hasattr(entry.factory, "hf_model")
     if needs and not cfg.teacher_logits.enabled and not in_process:
         raise PipelineError(
             f"loss '{cfg.loss.name}' needs the teacher's distribution and teacher_logits.enabled "
@@ -286,17 +286,13 @@ def _eval(ctx: RunContext) -> dict[str, Any]:
     from .evaluate import evaluate
 
     cfg = ctx.config
-    # Students run where a local teacher runs (device, dtype, batch size), on their own weights.
-    local = {
-        k: v for k, v in cfg.teacher.options.items() if k in ("device", "dtype", "max_batch_size")
-    }
+    from .evaluate import local_model_spec
+
+    # Students run with the local teacher's engine and settings, on their own weights.
     available = {
         "teacher": ctx.teacher_spec(),
-        "baseline": {"teacher": "hf", "options": {**local, "model": str(_baseline_path(ctx))}},
-        "student": {
-            "teacher": "hf",
-            "options": {**local, "model": str(ctx.out / "train" / "student")},
-        },
+        "baseline": local_model_spec(cfg, str(_baseline_path(ctx))),
+        "student": local_model_spec(cfg, str(ctx.out / "train" / "student")),
     }
     return evaluate(
         cfg,

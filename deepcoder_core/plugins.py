@@ -50,6 +50,7 @@ BUILTIN_PLUGINS = frozenset(
         "deepcoder-structured-spans",
         "deepcoder-groq",
         "deepcoder-hf",
+        "deepcoder-ctranslate2",
         "deepcoder-openai",
         "deepcoder-replay",
         "deepcoder-python-executor",

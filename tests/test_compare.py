@@ -61,6 +61,28 @@ def test_both_variant_forms_and_the_implied_baseline(tmp_path):
     assert variants.contrasts == []
 
 
+def test_a_variant_may_read_its_own_cache_format(tmp_path):
+    from deepcoder_core.compare.command import _own_cache
+
+    path = _variants(
+        tmp_path,
+        {
+            "variants": {
+                "sad": ["loss.name=kl"],
+                "sad_sampled": ["loss.name=kl", "teacher_logits.format=sampled"],
+                "none": {"train": False},
+            }
+        },
+    )
+    base, configs = variant_configs(None, (), load_variants(path))
+    assert configs["sad_sampled"].teacher_logits.format == "sampled"
+    assert _own_cache(configs["sad_sampled"], base)  # its own cache of the shared dataset
+    assert not _own_cache(configs["sad"], base)  # the shared one
+    refused = _variants(tmp_path, {"variants": {"x": ["teacher_logits.enabled=false"]}})
+    with pytest.raises(VariantError, match="teacher_logits.enabled is shared"):
+        load_variants(refused)
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -41,7 +41,7 @@ import click
 from ..config import config_options
 from ..errors import StageError
 from .report import VariantResult, build_compare_report, write_compare_report
-from .variants import Variant, VariantError, VariantSet, load_variants
+from .variants import CACHE_KEYS, Variant, VariantError, VariantSet, load_variants
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -142,6 +142,7 @@ def _teacher_eval(ctx: RunContext, progress: bool) -> dict[str, Any]:
         out=ctx.out / "eval",
         source=ctx.config.eval.problems or "bundled",
         reference=None,
+        scaffolded={"teacher"},  # the teacher acts as in generation; the students on their own
         progress=progress,
     )
 
@@ -221,15 +222,43 @@ def _variant_train(ctx: RunContext, shared: RunContext, progress: bool) -> dict[
     from ..pipeline import _baseline_path
 
     uses_cache = shared.state["stages"].get("teacher-logits", {}).get("status") == "done"
+    cache = shared.out / "teacher_logits" if uses_cache else None
+    if cache is not None and _own_cache(ctx.config, shared.config):
+        cache = _variant_cache(ctx, shared, progress)
     return train(
         ctx.config,
         data=shared.out / "dataset",
         out=ctx.out / "train",
         student=str(_baseline_path(shared)),
-        teacher_logits=shared.out / "teacher_logits" if uses_cache else None,
+        teacher_logits=cache,
         resume=True,
         progress=progress,
     )
+
+
+def _own_cache(config: Config, shared: Config) -> bool:
+    """Whether a variant asks for another cache than the shared one (format, k or K)."""
+    keys = [k.split(".", 1)[1] for k in CACHE_KEYS]
+    mine, theirs = config.teacher_logits, shared.teacher_logits
+    return any(getattr(mine, k) != getattr(theirs, k) for k in keys)
+
+
+def _variant_cache(ctx: RunContext, shared: RunContext, progress: bool) -> Path:
+    """The variant's own cache of the shared dataset, storing the shared stage's spans
+    (written once, resumed like the shared one)."""
+    from ..distill.teacher_logits import cache_teacher_logits
+
+    section = dataclasses.replace(
+        ctx.config.teacher_logits, spans=shared.config.teacher_logits.spans
+    )
+    out = ctx.out / "teacher_logits"
+    cache_teacher_logits(
+        dataclasses.replace(ctx.config, teacher_logits=section),
+        data=shared.out / "dataset",
+        out=out,
+        progress=progress,
+    )
+    return out
 
 
 def _variant_eval(
@@ -272,7 +301,7 @@ def variant_stages(shared: RunContext, variant: Variant, progress: bool) -> list
     return [
         Stage(
             "train",
-            ("student", "loss", "weighting", "training"),
+            ("student", "loss", "weighting", "training", "teacher_logits"),
             "train",
             partial(_variant_train, shared=shared, progress=progress),
             lambda ctx: variant.train,

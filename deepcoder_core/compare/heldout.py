@@ -35,7 +35,7 @@ def local_teacher_reason(config: Any) -> str | None:
     from ..plugins import lookup
 
     entry = lookup("teacher", config.teacher.name)
-    if config.teacher.name == "hf" or hasattr(entry.factory, "hf_model"):
+    if config.teacher.name in ("hf", "ct2") or hasattr(entry.factory, "hf_model"):
         return None
     return (
         f"teacher '{config.teacher.name}' is not a model in this process; held-out divergence "

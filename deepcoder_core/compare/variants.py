@@ -28,7 +28,16 @@ from typing import Any
 
 from ..config import ConfigError
 
-VARIANT_KEYS = ("loss.", "weighting.", "training.", "student.lora.", "student.router_aux_loss_coef")
+# a variant may read its own teacher-logit cache (another format or size), built from the shared dataset
+CACHE_KEYS = ("teacher_logits.format", "teacher_logits.top_k", "teacher_logits.samples")
+VARIANT_KEYS = (
+    "loss.",
+    "weighting.",
+    "training.",
+    "student.lora.",
+    "student.router_aux_loss_coef",
+    *CACHE_KEYS,
+)
 """Key prefixes a variant may override: the sections training reads, nothing upstream of it."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

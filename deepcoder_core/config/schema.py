@@ -72,12 +72,18 @@ class StudentConfig:
 class ScaffoldConfig:
     """What makes a small local model act as an agent (see ``deepcoder_core.agent.scaffold``)."""
 
-    exemplars: NonNegativeInt = 0  # worked ReAct trajectories of bundled train problems in the prompt
-    skeleton: bool = False  # decode the step skeleton (Thought -> Action + fenced input | Final Answer)
+    exemplars: NonNegativeInt = (
+        0  # worked ReAct trajectories of bundled train problems in the prompt
+    )
+    skeleton: bool = (
+        False  # decode the step skeleton (Thought -> Action + fenced input | Final Answer)
+    )
     act_first: bool = True  # with skeleton: the first step runs code before any answer
     answer_after_run: bool = True  # with skeleton: the step after code that ran is the answer
     action_samples: Count = 1  # candidate actions per step; the majority execution result wins
-    privileged: bool = True  # the exemplars are the teacher's only: trajectories keep the plain prompt
+    privileged: bool = (
+        True  # the exemplars are the teacher's only: trajectories keep the plain prompt
+    )
     students: bool = False  # eval: students get the scaffold too (False: they act on their own)
 
 
@@ -88,7 +94,9 @@ class AgentConfig:
     token_budget: Count = 4096  # completion tokens per trajectory
     system_prompt: str | None = None  # None: the built-in ReAct prompt
     tool_timeout: Positive = 10.0  # seconds per tool call
-    max_format_errors: NonNegativeInt = 2  # consecutive invalid replies that end a run (0: no limit)
+    max_format_errors: NonNegativeInt = (
+        2  # consecutive invalid replies that end a run (0: no limit)
+    )
     scaffold: ScaffoldConfig = field(default_factory=ScaffoldConfig)
 
 
@@ -140,10 +148,14 @@ SpanName = Annotated[str, OneOf(SPAN_TYPE_NAMES)]
 @dataclass
 class TeacherLogitsConfig:
     enabled: bool = True  # cache the teacher's distribution before training when the loss needs one; false: online teacher
-    format: TeacherLogitFormat = "topk"  # topk (k most likely ids + tail) | sampled (K draws: unbiased)
+    format: TeacherLogitFormat = (
+        "topk"  # topk (k most likely ids + tail) | sampled (K draws: unbiased)
+    )
     top_k: Count = 64  # topk: ids kept per position
     samples: Count = 64  # sampled: ids drawn per position, with replacement, at loss.temperature
-    spans: list[SpanName] | None = None  # span types whose positions are stored; null: those the weighting weights
+    spans: list[SpanName] | None = (
+        None  # span types whose positions are stored; null: those the weighting weights
+    )
     shard_size: Count = 256
     batch_size: Count = 4
 

@@ -154,7 +154,8 @@ def load_teacher(
     if Path(name).expanduser().is_dir():
         path = str(Path(name).expanduser().resolve())
         return _local_teacher(path, device, options.get("dtype", "float32"))
-    if name == "hf":
+    if name in ("hf", "ct2"):
+        # a local engine decodes; the teacher's distribution is its model's, read in-process
         path = models.resolve_model_path(options.get("model"), config.paths.cache)
         return _local_teacher(path, device, options.get("dtype", "float32"))
     return _wrap_plugin(build("teacher", name, **options), options.get("model", name), name)

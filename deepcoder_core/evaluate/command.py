@@ -53,21 +53,26 @@ def server_spec(url: str, thinking: bool | None) -> dict[str, Any]:
     return {"teacher": "openai", "options": options}
 
 
-LOCAL_RUNTIME = ("device", "dtype", "max_batch_size")
-"""The configured ``hf`` teacher's options a local model under evaluation runs with."""
+LOCAL_RUNTIME = {
+    "hf": ("device", "dtype", "max_batch_size"),
+    "ct2": ("device", "compute_type", "max_batch_size", "threads"),
+}
+"""The local engines a model folder can be evaluated with, and the options of the configured
+teacher's engine that a model under evaluation runs with."""
 
 
 def local_model_spec(config: Config, path: str, thinking: bool | None = None) -> dict[str, Any]:
-    """The ``hf`` teacher spec of a local model folder, run where the configured ``hf``
-    teacher runs (same device, dtype and batch size)."""
-    hf_options = config.teacher.options if config.teacher.name == "hf" else {}
+    """The teacher spec of a local model folder: the configured teacher's local engine (``hf``
+    or ``ct2``; ``hf`` for any other teacher), with its device, precision and batch size."""
+    engine = config.teacher.name if config.teacher.name in LOCAL_RUNTIME else "hf"
+    runtime = config.teacher.options if engine == config.teacher.name else {}
     options: dict[str, Any] = {
         "model": path,
-        **{k: v for k, v in hf_options.items() if k in LOCAL_RUNTIME},
+        **{k: v for k, v in runtime.items() if k in LOCAL_RUNTIME[engine]},
     }
     if thinking is not None:
         options["chat_template_kwargs"] = {"enable_thinking": thinking}
-    return {"teacher": "hf", "options": options}
+    return {"teacher": engine, "options": options}
 
 
 def model_specs(
