@@ -344,43 +344,7 @@ def run_pipeline(config: Config, out: Path, force: tuple[str, ...] = ()) -> dict
     _check_stages(ctx)  # before anything is written: a refused run leaves no run directory
     out.mkdir(parents=True, exist_ok=True)
     snapshot(config, out / "config.yaml")
-    upstream: list[str] = []
-    total = len(PIPELINE)
-    for index, stage in enumerate(PIPELINE, start=1):
-        if not stage.enabled(ctx):
-            ctx.state["stages"][stage.name] = {"status": "not needed"}
-            ctx.save_state()
-            click.secho(f"[{index}/{total}] {stage.name}: not needed", fg="bright_black")
-            continue
-        fingerprint = _fingerprint(ctx, stage, upstream)
-        previous = ctx.state["stages"].get(stage.name, {})
-        up_to_date = (
-            previous.get("status") == "done"
-            and previous.get("fingerprint") == fingerprint
-            and (out / stage.output).exists()
-            and stage.name not in force
-        )
-        if up_to_date:
-            click.secho(f"[{index}/{total}] {stage.name}: up to date, skipped", fg="green")
-        else:
-            click.secho(f"[{index}/{total}] {stage.name}", fg="cyan", bold=True)
-            if previous.get("fingerprint") not in (None, fingerprint) or stage.name in force:
-                # Inputs or settings changed: this stage's partial output is stale, start it afresh.
-                _discard(out / stage.output)
-            ctx.state["stages"][stage.name] = {"status": "running", "fingerprint": fingerprint}
-            ctx.save_state()
-            started = time.time()
-            summary = stage.run(ctx)
-            ctx.state["stages"][stage.name] = {
-                "status": "done",
-                "fingerprint": fingerprint,
-                "finished_at": time.time(),
-                "seconds": round(time.time() - started, 2),
-                "summary": summary,
-            }
-            ctx.save_state()
-        # Downstream stages depend on this output's identity, so a forced re-run cascades.
-        upstream.append(f"{fingerprint}:{ctx.state['stages'][stage.name].get('finished_at')}")
+    run_stages(ctx, PIPELINE, force=force, err=False)
     return ctx.state
 
 
@@ -486,14 +450,16 @@ def run_stages(
     force: tuple[str, ...] = (),
     upstream: list[str] | None = None,
     label: str = "",
+    err: bool = True,
 ) -> list[str]:
     """Run ``stages`` in order in ``ctx.out`` with :func:`run_pipeline`'s rules (skip a stage
     done with the same fingerprint and output, discard a stale output, record the state);
     returns the upstream list (``"<fingerprint>:<finished_at>"`` of each enabled stage).
 
     ``upstream``: what earlier work these stages depend on (another run directory's
-    upstream list), so a change there re-runs them. Progress lines go to stderr, prefixed
-    by ``label``. Used by ``deepcoder compare`` for its shared and per-variant stages.
+    upstream list), so a change there re-runs them. Progress lines go to stderr (stdout
+    with ``err=False``, as ``run`` prints them), prefixed by ``label``. Used by ``run`` and by
+    ``deepcoder compare`` for its shared and per-variant stages.
     """
     upstream = list(upstream or [])
     prefix = f"{label} " if label else ""
@@ -504,7 +470,7 @@ def run_stages(
             ctx.state["stages"][stage.name] = {"status": "not needed"}
             ctx.save_state()
             click.secho(
-                f"{prefix}[{index}/{total}] {stage.name}: not needed", fg="bright_black", err=True
+                f"{prefix}[{index}/{total}] {stage.name}: not needed", fg="bright_black", err=err
             )
             continue
         fingerprint = _fingerprint(ctx, stage, upstream)
@@ -517,12 +483,13 @@ def run_stages(
         )
         if up_to_date:
             click.secho(
-                f"{prefix}[{index}/{total}] {stage.name}: up to date, skipped", fg="green", err=True
+                f"{prefix}[{index}/{total}] {stage.name}: up to date, skipped", fg="green", err=err
             )
         else:
-            click.secho(f"{prefix}[{index}/{total}] {stage.name}", fg="cyan", bold=True, err=True)
+            click.secho(f"{prefix}[{index}/{total}] {stage.name}", fg="cyan", bold=True, err=err)
             if previous.get("fingerprint") not in (None, fingerprint) or stage.name in force:
                 _discard(ctx.out / stage.output)  # settings or inputs changed: start afresh
+            # (downstream stages depend on this output's identity, so a forced re-run cascades)
             ctx.state["stages"][stage.name] = {"status": "running", "fingerprint": fingerprint}
             ctx.save_state()
             started = time.time()
