@@ -80,6 +80,7 @@ def write_run_report(out: Path, state: dict[str, Any], config: Config) -> dict[s
                     "steps": overall.get("mean_steps"),
                     "tool errors": overall.get("tool_error_rate"),
                     "format errors": overall.get("format_error_rate"),
+                    "valid tool calls": overall.get("tool_call_validity"),
                     "reason F1 vs teacher": agreement.get("reasoning_f1"),
                     "action match vs teacher": agreement.get("action_match"),
                 }
