@@ -16,13 +16,7 @@ from deepcoder_core.distill.teacher_logits import sample_from_logits, topk_from_
 from deepcoder_core.plugins import build
 from deepcoder_core.protocols import SPAN_NAMES
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:

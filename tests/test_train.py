@@ -19,13 +19,7 @@ from deepcoder_core.distill.trainer import DistillTrainer
 SMALL_VOCAB = 512
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread is faster, and far faster on a shared, busy CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_config(tmp_path: Path, *overrides: str, model: dict | None = None):
