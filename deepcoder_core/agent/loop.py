@@ -133,6 +133,19 @@ def _capped(text: str) -> str:
     return text[:MAX_OBSERVATION_CHARS] + f"\n... [{cut} more characters cut]"
 
 
+def exemplar_prompt(
+    problem: Problem, tools: dict[str, Tool], config: AgentConfig, exclude: set[str] | None = None
+) -> str | None:
+    """The system prompt with ``agent.scaffold``'s worked exemplars for ``problem`` (none of
+    them the problem itself or in ``exclude``); None when the scaffold shows no exemplars."""
+    if config.scaffold.exemplars <= 0:
+        return None
+    block = exemplars_block(
+        config.scaffold.exemplars, {problem.id, *(exclude or ())}, tools.get("python")
+    )
+    return system_prompt(tools, config.system_prompt, example=block) if block else None
+
+
 class AgentRun:
     """One trajectory: feed ``messages`` to the teacher, give its reply to ``advance``, repeat
     until ``done``, then ``finish()`` for the Trajectory record."""
@@ -164,16 +177,12 @@ class AgentRun:
         self._teacher_system: str | None = (
             None  # the exemplar prompt, when only the teacher sees it
         )
-        if self.scaffold is not None and self.scaffold.exemplars > 0:
-            block = exemplars_block(
-                self.scaffold.exemplars, {problem.id, *(exclude or ())}, self.tools.get("python")
-            )
-            if block:
-                shown = system_prompt(self.tools, config.system_prompt, example=block)
-                if self.scaffold.privileged:
-                    self._teacher_system = shown
-                else:
-                    self._messages[0]["content"] = shown
+        shown = exemplar_prompt(problem, self.tools, config, exclude) if self.scaffold else None
+        if shown is not None and self.scaffold is not None:
+            if self.scaffold.privileged:
+                self._teacher_system = shown
+            else:
+                self._messages[0]["content"] = shown
         self._skeleton: SkeletonStep | None = None
         self._format_errors = 0  # consecutive replies with neither a valid action nor an answer
         self.steps: list[Step] = []

@@ -34,6 +34,8 @@ ISOLATION_LEVELS = ("namespaces", "rlimits")
 NonFinite = Annotated[str, OneOf(NONFINITE_MODES)]
 Isolation = Annotated[str, OneOf(ISOLATION_LEVELS)]
 Split = Annotated[str, OneOf(("train", "eval"))]  # problems.SPLITS
+GATES = ("none", "tool_error", "divergence")
+Gate = Annotated[str, OneOf(GATES)]
 
 
 @dataclass
@@ -177,6 +179,22 @@ class WeightingConfig:
 
 
 @dataclass
+class OnPolicyConfig:
+    fraction: Ratio = 0.0  # share of optimizer steps trained on fresh student rollouts (GKD's lambda); 0: off-policy only
+    loss: str | None = "reverse_kl"  # loss plugin on rollout batches (null: loss.name)
+    rollouts: Count | None = (
+        None  # agents per on-policy step (null: batch_size x gradient_accumulation_steps)
+    )
+    temperature: NonNegative = 1.0  # the student samples its rollouts at this temperature
+    problems: str | None = None  # rollout problems (null: generation.problems), their train split
+    horizon: list[Count] | None = (
+        None  # [first, last] agent.max_steps over training (TCOD-style); null: agent.max_steps
+    )
+    gate: Gate = "none"  # none | tool_error (no loss after the first failed tool call) | divergence (steps weighted by their divergence, SOD-style)
+    top_k: Count = 64  # teacher log-probabilities kept per student token (plus the tail)
+
+
+@dataclass
 class TrainingConfig:
     max_steps: Steps = 40  # optimizer steps, >= 1 (0, -1 and null are refused: no epoch mode)
     learning_rate: Positive = 5e-5
@@ -193,6 +211,7 @@ class TrainingConfig:
     logging_steps: Count = 1
     teacher_device: str = "cpu"  # where an online teacher runs (it may differ from the student's)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # Trainer loggers
+    on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
 
 
 @dataclass
@@ -291,5 +310,10 @@ def first_conflict(config: Config) -> tuple[tuple[str, ...], str] | None:
         return ("server.restart_backoff", "server.restart_backoff_max"), (
             f"server.restart_backoff ({sv.restart_backoff}) > server.restart_backoff_max "
             f"({sv.restart_backoff_max}); the first wait cannot exceed the longest"
+        )
+    horizon = config.training.on_policy.horizon
+    if horizon is not None and len(horizon) != 2:
+        return ("training.on_policy.horizon",), (
+            f"training.on_policy.horizon: {horizon} is not [first, last] agent steps, e.g. [2, 6]"
         )
     return None

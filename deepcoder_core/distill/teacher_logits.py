@@ -223,7 +223,7 @@ class Scoring:
         return (sample_from_logits(logits, self.k, self.temperature, self.generator).cpu(),)
 
 
-def _score_examples(
+def score_examples(
     teacher: WhiteBoxTeacher | ScoringTeacher,
     rows: list[list[int]],
     positions: list[np.ndarray],
@@ -429,7 +429,7 @@ def cache_teacher_logits(
             where = positions[b : b + section.batch_size]
             if prefixes is not None:
                 batch, where = teacher_view(batch, where, prefixes[b : b + section.batch_size])
-            entries = _score_examples(resolved, batch, where, scoring)
+            entries = score_examples(resolved, batch, where, scoring)
             packed.extend(_pack(scoring, entry) for entry in entries)
             if bar is not None:
                 bar.update(len(batch))

@@ -42,6 +42,7 @@ from .checkpoint import (
 from .data import Collator, Examples, TokenAligner, load_processed
 from .errors import TrainError, one_line_errors
 from .metrics import span_key
+from .on_policy import ROLLOUTS, build_rollout_source, trim_rollouts
 from .signals import resolve_signal
 
 if TYPE_CHECKING:
@@ -118,8 +119,10 @@ def train(
         metrics = out / "metrics.jsonl"
         if checkpoint is None:
             metrics.unlink(missing_ok=True)  # a fresh run: old curves would mix in
+            (out / ROLLOUTS).unlink(missing_ok=True)
         else:
             trim_metrics(metrics, checkpoint_step(checkpoint))
+            trim_rollouts(out / ROLLOUTS, checkpoint_step(checkpoint))
         snapshot(config, out / "config.yaml")
     state = TrainingState(total_steps=config.training.max_steps)
     saved = load_state(checkpoint) if checkpoint is not None else None
@@ -135,6 +138,10 @@ def train(
         model = apply_lora(model, config)
         if base is not None:
             model.peft_config["default"].base_model_name_or_path = base
+    # on-policy: the student's rollouts, scored by the teacher (checked before step 1)
+    rollouts, on_policy_loss = build_rollout_source(
+        config, model=model, tokenizer=tokenizer, weighting=weighting, signal=signal, out=out
+    )
     setup = Setup(
         config=config,
         loss_fn=loss_fn,
@@ -146,6 +153,8 @@ def train(
         ce_fn=ce_fn,
         moe=is_moe(model),
         state=state,
+        rollouts=rollouts,
+        on_policy_loss=on_policy_loss,
     )
 
     # 4. data in training order, and the Trainer
@@ -261,6 +270,7 @@ def summarize(
     speeds = [r["tokens_per_second"] for r in records if "tokens_per_second" in r]
     steps = [r["step_seconds"] for r in records if "step_seconds" in r]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    on_policy = [r for r in records if r.get("on_policy_steps")]
     return {
         "schema": 1,
         "steps": result.global_step,
@@ -284,6 +294,40 @@ def summarize(
         "metrics": str(out / "metrics.jsonl"),
         "plots": [str(p) for p in plots],
         "finite": all(math.isfinite(r["loss"]) for r in records),
+        "on_policy": _on_policy_summary(setup, on_policy, out),
+    }
+
+
+def _on_policy_summary(setup: Setup, records: list[dict[str, Any]], out: Path) -> Any:
+    """Rollout figures over the logged on-policy steps, and the time split per step."""
+    op = setup.config.training.on_policy
+    if op.fraction <= 0:
+        return None
+    steps = sum(r["on_policy_steps"] for r in records)
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in records if key in r]
+        return round(sum(values) / len(values), 4) if values else None
+
+    def per_step(key: str) -> float | None:
+        total = sum(r.get(key, 0.0) for r in records)
+        return round(total / steps, 3) if steps else None
+
+    return {
+        "fraction": op.fraction,
+        "loss": op.loss or setup.config.loss.name,
+        "gate": op.gate,
+        "horizon": op.horizon,
+        "steps": steps,
+        "success": mean("rollout/success"),
+        "format_error_rate": mean("rollout/format_error_rate"),
+        "tool_error_rate": mean("rollout/tool_error_rate"),
+        "seconds_per_step": {
+            "rollout": per_step("time/rollout"),
+            "scoring": per_step("time/scoring"),
+            "update": per_step("time/update"),
+        },
+        "rollouts": str(out / ROLLOUTS),
     }
 
 
@@ -301,6 +345,12 @@ def summarize(
 @click.option("--loss", help="Loss plugin (default: loss.name).")
 @click.option("--weighting", help="Weighting plugin (default: weighting.name).")
 @click.option("--max-steps", type=int, help="Optimizer steps (default: training.max_steps).")
+@click.option(
+    "--on-policy",
+    "on_policy",
+    type=click.FloatRange(0, 1),
+    help="Share of steps on the student's own rollouts (training.on_policy.fraction).",
+)
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
 @config_options
 def train_command(
@@ -312,6 +362,7 @@ def train_command(
     loss: str | None,
     weighting: str | None,
     max_steps: int | None,
+    on_policy: float | None,
     resume: bool,
     config_path: str | None,
     overrides: tuple[str, ...],
@@ -321,7 +372,12 @@ def train_command(
 
     if teacher and teacher_logits:
         raise TrainError("give either --teacher (online) or --teacher-logits (cache), not both")
-    flags = {"loss.name": loss, "weighting.name": weighting, "training.max_steps": max_steps}
+    flags = {
+        "loss.name": loss,
+        "weighting.name": weighting,
+        "training.max_steps": max_steps,
+        "training.on_policy.fraction": on_policy,
+    }
     with one_line_errors():
         config = load_config(config_path, overrides, flags)
         sources: dict[str, Any] = {

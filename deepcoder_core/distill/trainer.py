@@ -41,6 +41,7 @@ from .data import positions, token_batch, topk_for_student
 from .engine import distill_loss
 from .errors import CacheError
 from .metrics import SPAN_NUMBERS, span_key, span_means, span_totals
+from .on_policy import RolloutStats
 from .teacher_cache import TeacherLogitsCache
 from .teacher_logits import WhiteBoxTeacher
 
@@ -61,6 +62,8 @@ class Setup:
     ce_fn: Any = None  # cross-entropy on the teacher's tokens when loss.ce_weight > 0
     moe: bool = False
     state: TrainingState = field(default_factory=TrainingState)
+    rollouts: Any = None  # on_policy.RolloutSource when training.on_policy.fraction > 0
+    on_policy_loss: Any = None  # the loss of rollout batches (on_policy.loss)
 
 
 def lm_head_weight(model: Any, width: int | None = None) -> Any:
@@ -147,6 +150,7 @@ class DistillTrainer(Trainer):
         self.logged_step = 0
         self.teacher_seconds = 0.0  # spent in the online teacher's forward since the last log
         self.expert_history: list[list[float]] = []
+        self.rollout_stats = RolloutStats()  # on-policy steps since the last log
         self.remove_callback(PrinterCallback)  # the bar and metrics.jsonl show the logs
         self.add_callback(StepCallback(self))
         self.add_callback(MetricsCallback(metrics, self, progress))
@@ -154,8 +158,25 @@ class DistillTrainer(Trainer):
     # -------------------------------------------------------------- normaliser
     def token_weights(self, inputs: dict[str, Any], keep: Any) -> Any:
         batch = token_batch(inputs, keep)
-        weights = self.setup.weighting.weights(batch, self.setup.state)
-        return weights.to(torch.float32)
+        weights = self.setup.weighting.weights(batch, self.setup.state).to(torch.float32)
+        if "gate" in inputs:  # on-policy rollouts: the step gate (on_policy.gate)
+            weights = weights * inputs["gate"][:, 1:][keep].to(weights.device)
+        return weights
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> Any:
+        """The offline batches of this optimizer step, or on an on-policy step fresh rollouts
+        of the current student instead (the offline ones are still drawn, so the data order of
+        the other steps does not depend on the schedule)."""
+        samples, items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        rollouts = self.setup.rollouts
+        step = self.state.global_step + 1
+        if rollouts is None or not rollouts.due(step) or not samples:
+            return samples, items
+        fresh, stats = rollouts.batches(step, len(samples))
+        self.rollout_stats.add(stats)
+        if not fresh:  # no rollout gave a row (all empty): this step trains offline
+            return samples, items
+        return fresh, self._get_num_items_in_batch(fresh, device)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
         """The window's weighted token count, summed over processes."""
@@ -206,6 +227,7 @@ class DistillTrainer(Trainer):
             normalizer = weights.sum()
         span_type = inputs["span_type"][:, 1:][keep]
         labels = inputs["input_ids"][:, 1:][keep]
+        on_policy = "on_policy" in inputs
         loss, metrics = engine_loss(
             setup,
             student=student,
@@ -213,8 +235,10 @@ class DistillTrainer(Trainer):
             span_type=span_type,
             weights=weights,
             normalizer=normalizer,
+            loss_fn=setup.on_policy_loss if on_policy else None,
         )
-        if setup.ce_fn is not None and setup.config.loss.ce_weight > 0:
+        # cross-entropy on the student's own samples would reinforce them: offline rows only
+        if setup.ce_fn is not None and setup.config.loss.ce_weight > 0 and not on_policy:
             ce, _ = engine_loss(
                 setup,
                 student=student,
@@ -240,13 +264,18 @@ class DistillTrainer(Trainer):
         self, inputs: dict[str, Any], keep: Any, labels: Any, weights: Any, vocab: int
     ) -> dict[str, Any]:
         setup = self.setup
-        if setup.signal == "labels":
+        on_policy = "on_policy" in inputs  # rollouts carry the teacher's scores of them
+        if setup.signal == "labels" and not on_policy:
             return {"labels": labels}
-        if setup.signal == "topk":
-            assert setup.cache is not None, "a topk signal comes with its cache"
+        if setup.signal == "topk" or on_policy:
             missing = (weights > 0) & ~inputs["topk_stored"][keep].to(weights.device)
             if bool(missing.any()):
                 span = int(inputs["span_type"][:, 1:][keep][missing.cpu()][0])
+                if setup.cache is None or on_policy:
+                    raise CacheError(
+                        f"on-policy rollouts: {int(missing.sum())} position(s) of span type "
+                        f"{SPAN_NAMES[span]} have weight > 0 but were not scored by the teacher"
+                    )
                 raise CacheError(
                     f"{setup.cache.path / 'manifest.json'}: {int(missing.sum())} position(s) "
                     f"of span type {SPAN_NAMES[span]} have weight > 0 but the cache stores "
@@ -261,7 +290,8 @@ class DistillTrainer(Trainer):
                 vocab=vocab,
             )
             # sampled rows were drawn at loss.temperature already: the engine must not re-temper
-            return {"topk": topk, "tempered": setup.cache.format == "sampled"}
+            sampled = setup.cache is not None and setup.cache.format == "sampled" and not on_policy
+            return {"topk": topk, "tempered": sampled}
         started = time.perf_counter()
         teacher = setup.teacher
         assert teacher is not None, "a hidden-state signal comes with its teacher"
@@ -347,6 +377,12 @@ class DistillTrainer(Trainer):
             logs["step_seconds"] = round(
                 elapsed / max(1, self.state.global_step - self.logged_step), 4
             )
+            rollout = self.rollout_stats.logs()
+            if rollout:
+                spent = rollout["time/rollout"] + rollout["time/scoring"]
+                rollout["time/update"] = round(max(0.0, elapsed - spent), 3)
+                logs.update(rollout)
+                self.rollout_stats = RolloutStats()
             if self.since_log_extra[1] > 0:
                 logs["moe/aux_loss"] = round(
                     float(self.since_log_extra[1] / self.since_log_extra[2]), 6

@@ -47,7 +47,10 @@ class HFTeacher:
         min_batch_rows: int | None = None,
         prepack: bool | None = None,
         cache: str | None = None,
+        loaded: tuple[Any, Any] | None = None,
     ) -> None:
+        """``loaded``: an already loaded ``(model, tokenizer)`` to decode with, as it is (no
+        copy, no prepacking), e.g. the student during on-policy training."""
         if max_batch_size < 1:
             raise ValueError(f"teacher 'hf': max_batch_size must be >= 1, got {max_batch_size}")
         self._model_arg = model
@@ -72,6 +75,13 @@ class HFTeacher:
         self._tokenizer: Any = None
         self._lock = threading.Lock()  # one forward pass at a time; torch uses every core already
         self.model = str(model) if model else "SmolLM2-135M-Instruct"
+        if loaded is not None:
+            self._hf_model, tokenizer = loaded
+            self._path = str(getattr(self._hf_model, "name_or_path", "") or self.model)
+            self.model = self._path
+            self.prepack = False  # the weights change between calls; nothing may copy them
+            self._tokenizer = copy.copy(tokenizer)  # left padding here, not in the caller's
+            self._tokenizer.padding_side = "left"
 
     def __repr__(self) -> str:
         return f"HFTeacher(model={self.model!r}, device={self.device!r})"
