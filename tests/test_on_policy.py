@@ -179,3 +179,55 @@ def test_reverse_kl_gradient_on_a_fixed_rollout_matches_float64(tmp_path, tiny):
     reference.backward()
     assert float(out.loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-4)
     torch.testing.assert_close(logits.grad.double(), z.grad, rtol=1e-3, atol=1e-7)
+
+
+def test_a_fake_sglang_server_scores_the_rollout_tokens(tmp_path, httpserver):
+    """The rollout scoring path over SGLang's native /generate (input_top_logprobs)."""
+    from werkzeug import Response
+
+    from deepcoder_core.distill.on_policy import RolloutSource, RolloutStats
+    from deepcoder_core.plugins import build
+
+    from .trajectory_factory import trajectory
+
+    calls = []
+
+    def generate(request):
+        body = json.loads(request.data)
+        ids, k = body["input_ids"], body["top_logprobs_num"]
+        calls.append(len(ids))
+
+        def row(pos):  # the distribution of token `pos`: ids 10·pos + j
+            return [[-0.1 * (j + 1) - 0.001 * pos, 10 * pos + j, "t"] for j in range(k)]
+
+        meta = {
+            "input_top_logprobs": [None] + [row(p) for p in range(1, len(ids))],
+            "output_top_logprobs": [row(len(ids))],
+        }
+        return Response(
+            json.dumps({"text": "x", "meta_info": meta}), content_type="application/json"
+        )
+
+    httpserver.expect_request("/generate", method="POST").respond_with_handler(generate)
+    plugin = build("teacher", "openai", base_url=httpserver.url_for("/v1"), model="m")
+    scorer = ScoringTeacher(plugin, {"name": "openai", "model": "m", "hash": None})
+    config = make_config(tmp_path, "training.on_policy.fraction=1", "training.on_policy.top_k=3")
+    tokenizer = models.load_tokenizer(models.qwen3_tokenizer_path())
+    check_scorer(scorer, 3, tokenizer)  # the capability probe goes through the same endpoint
+    source = RolloutSource(
+        config,
+        model=None,
+        tokenizer=tokenizer,
+        scorer=scorer,
+        weighting=build("weighting", "uniform"),
+        out=tmp_path,
+    )
+    rows = source.label([trajectory(1, steps=2, success=True)])
+    source.score(rows, RolloutStats())
+    batch = source.collate(rows)
+    stored = batch["topk_stored"][0].nonzero().flatten()
+    assert calls[-1] == len(rows[0]["input_ids"]) and stored.numel() > 0
+    # position i predicts token i + 1: SGLang's entry i + 1
+    expected = [[10 * (int(i) + 1) + j for j in range(3)] for i in stored]
+    assert batch["topk_indices"][0, stored].tolist() == expected
+    assert not batch["topk_stored"][0][batch["span_type"][0, 1:] == 3].any()
