@@ -231,3 +231,49 @@ def test_a_fake_sglang_server_scores_the_rollout_tokens(tmp_path, httpserver):
     expected = [[10 * (int(i) + 1) + j for j in range(3)] for i in stored]
     assert batch["topk_indices"][0, stored].tolist() == expected
     assert not batch["topk_stored"][0][batch["span_type"][0, 1:] == 3].any()
+
+
+def test_a_killed_on_policy_run_resumes_without_repeating_or_losing_steps(
+    tmp_path, tiny, monkeypatch
+):
+    from deepcoder_core.distill.trainer import DistillTrainer
+
+    data, teacher = tiny
+    overrides = (
+        "training.max_steps=4",
+        "training.save_steps=2",
+        "training.on_policy.fraction=0.5",
+        *ROLLOUT,
+    )
+    model = models.tiny_qwen3_config()
+
+    def run(out, resume=False):
+        config = make_config(tmp_path, *overrides, model=model)
+        train(config, data=data, out=out, teacher=str(teacher), resume=resume, progress=False)
+
+    def rollouts(out):
+        lines = (out / "rollouts.jsonl").read_text().splitlines()
+        return [
+            (r["id"], r["on_policy"]["step"], r["final_answer"]) for r in map(json.loads, lines)
+        ]
+
+    run(tmp_path / "whole")
+    original = DistillTrainer.end_window
+
+    def killed_at_step_4(self):
+        if self.state.global_step == 4:
+            raise KeyboardInterrupt  # after step 4's rollouts were written, before its checkpoint
+        original(self)
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(DistillTrainer, "end_window", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(cut)
+    assert {step for _, step, _ in rollouts(cut)} == {2, 4}
+    monkeypatch.setattr(DistillTrainer, "end_window", original)
+    run(cut, resume=True)
+    assert rollouts(cut) == rollouts(tmp_path / "whole")  # step 4 once, the same rollouts
+    expected, resumed = metrics(tmp_path / "whole"), metrics(cut)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(expected, resumed, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
