@@ -108,6 +108,7 @@ def test_on_policy_steps_train_on_sandboxed_student_rollouts(tmp_path, tiny):
     assert all(r["teacher"]["plugin"] == "student" for r in rollouts)
     assert summary["on_policy"]["steps"] == 1
     assert summary["on_policy"]["loss"] == "reverse_kl"
+    assert (out / "plots" / "rollouts.png").is_file()
 
 
 def test_reverse_kl_gradient_on_a_fixed_rollout_matches_float64(tmp_path, tiny):

@@ -11,7 +11,9 @@ from .metrics import span_key
 
 def plot_metrics(metrics: str | Path, out: str | Path) -> list[Path]:
     """``divergence_by_span.png`` (mean divergence per span type over steps), ``loss.png``
-    (total loss and LR), and ``expert_load.png`` for MoE students. Returns the files written."""
+    (total loss and LR), ``expert_load.png`` for MoE students, and for on-policy runs
+    ``rollouts.png`` (rollout success, format- and tool-error rates, and the seconds of
+    rollout, teacher scoring and update per logged step). Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,6 +62,23 @@ def plot_metrics(metrics: str | Path, out: str | Path) -> list[Path]:
         ax.set(xlabel="optimizer step", ylabel="share of routed tokens", title="Expert load")
         ax.legend()
         written.append(_save(fig, out / "expert_load.png"))
+
+    rollouts = [r for r in records if r.get("on_policy_steps")]
+    if rollouts:
+        fig, (rates, seconds) = plt.subplots(1, 2, figsize=(11, 4))
+        steps = [r["step"] for r in rollouts]
+        for key in ("rollout/success", "rollout/format_error_rate", "rollout/tool_error_rate"):
+            rates.plot(steps, [r[key] for r in rollouts], marker=".", label=key.split("/")[1])
+        rates.set(xlabel="optimizer step", ylabel="share", title="Student rollouts", ylim=(0, 1))
+        rates.legend()
+        bottom = [0.0] * len(rollouts)
+        for key in ("time/rollout", "time/scoring", "time/update"):
+            values = [r.get(key, 0.0) for r in rollouts]
+            seconds.bar(steps, values, bottom=bottom, label=key.split("/")[1])
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        seconds.set(xlabel="optimizer step", ylabel="seconds", title="Where an on-policy step goes")
+        seconds.legend()
+        written.append(_save(fig, out / "rollouts.png"))
     return written
 
 
