@@ -330,6 +330,7 @@ class RolloutSource:
                 total[1] += int(chosen.size)
             row["_teacher_logprob"] = taken
             row["gate"] = np.ones(len(ids[n]), dtype=np.float32)
+            row["_step"] = _step_index(np.asarray(row["span_type"]))  # read by both gates
         if gate == "tool_error":
             self._gate_after_tool_error(rows, stats)
         elif gate == "divergence":
@@ -438,10 +439,9 @@ class RolloutSource:
     def _gate_after_tool_error(self, rows: list[dict[str, Any]], stats: RolloutStats) -> None:
         """Weight 0 after the observation of the first failed tool call."""
         for row in rows:
-            step = _step_index(np.asarray(row["span_type"]))
             failed = row["_failed_step"]
             if failed is not None:
-                after = step > failed
+                after = row["_step"] > failed
                 row["gate"][after] = 0.0
                 stats.gated_tokens += int(after.sum())
 
@@ -451,7 +451,7 @@ class RolloutSource:
         """Each agent step's weight: its mean ``log q - log p`` over the batch's mean step."""
         per_step: list[tuple[int, int, float]] = []  # (row, step, divergence)
         for n, (row, at) in enumerate(zip(rows, where, strict=True)):
-            step = _step_index(np.asarray(row["span_type"]))[at + 1]
+            step = row["_step"][at + 1]
             estimate = student_logp[n] - row["_teacher_logprob"]
             for s in np.unique(step):
                 per_step.append((n, int(s), float(estimate[step == s].mean())))
@@ -461,8 +461,7 @@ class RolloutSource:
         if mean <= 0:
             return  # no step diverges on average: nothing to reweight by
         for n, s, d in per_step:
-            step = _step_index(np.asarray(rows[n]["span_type"]))
-            rows[n]["gate"][step == s] = float(np.clip(d / mean, *GATE_CLIP))
+            rows[n]["gate"][rows[n]["_step"] == s] = float(np.clip(d / mean, *GATE_CLIP))
 
 
 def _logprob_of(token: Any, indices: Any, logprobs: Any, tail: Any) -> Any:
